@@ -1,0 +1,1 @@
+"""Offline training package: architectures, datasets, the one preprocessing path, export and load."""

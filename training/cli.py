@@ -1,0 +1,145 @@
+"""``mnist-train`` / ``python -m training``: train, retrain the shipped models, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.architectures import ARCHITECTURES
+from training.augment import AUGMENTS
+from training.datasets import DATA_DIR_ENV, DATASETS, load_split
+from training.device import resolve_device
+from training.engine import evaluate
+from training.loader import ModelLoadError, load_model
+from training.recipes import RECIPES
+from training.train import TrainConfig, run
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help=f"folder holding mnist/ and fashion-mnist/ IDX files "
+                        f"(default: ${DATA_DIR_ENV}, else ../shared/datasets)")  # fmt: skip
+    p.add_argument("--download", action="store_true",
+                   help="fetch the data with torchvision's downloader into --data-dir instead")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["none", "cosine", "onecycle", "step"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", choices=sorted(AUGMENTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("models"), help="parent of the model folder")
+    p.add_argument("--limit-train", type=int, help="train on the first N images (smoke runs)")
+    p.add_argument("--limit-test", type=int, help="evaluate on the first N test images")
+    p.add_argument("--dry-run", action="store_true",
+                   help="one epoch on 512 train / 256 test images: a smoke run")  # fmt: skip
+    _data_args(p)
+
+
+def _config(name: str, base: dict[str, object], args: argparse.Namespace) -> TrainConfig:
+    fields = dict(base)
+    for key in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                "schedule", "label_smoothing", "augment", "limit_train", "limit_test"):  # fmt: skip
+        if getattr(args, key, None) is not None:
+            fields[key] = getattr(args, key)
+    if args.dry_run:
+        fields.update(epochs=1, limit_train=512, limit_test=256)
+    return TrainConfig(
+        name=name, seed=args.seed, device=args.device, out_dir=args.out_dir,
+        data_dir=args.data_dir, download=args.download, **fields,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    name = args.name or f"{args.dataset}-{args.arch}".replace("_", "-")
+    run(_config(name, {"dataset": args.dataset, "arch": args.arch}, args))
+    return 0
+
+
+def cmd_shipped(args: argparse.Namespace) -> int:
+    for name in args.names or list(RECIPES):
+        run(_config(name, RECIPES[name], args))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    loaded = load_model(args.folder, resolve_device(args.device))
+    manifest = loaded.manifest
+    test = load_split(manifest.dataset, False, args.data_dir, args.download)
+    if args.limit:
+        test = test.subset(args.limit)
+    test = type(test)(test.images.to(loaded.device), test.labels.to(loaded.device))
+    result = evaluate(loaded.model, test, loaded.preprocessor)
+    report = {
+        "model": manifest.name,
+        "dataset": manifest.dataset,
+        "samples": len(test),
+        "accuracy": round(result.accuracy, 6),
+        "loss": round(result.loss, 6),
+        "per_class_accuracy": {
+            c: round(a, 4) for c, a in zip(manifest.classes, result.per_class_accuracy(), strict=True)
+        },
+        "confusion_matrix": result.confusion.tolist(),
+        "manifest_accuracy": manifest.metrics.test_accuracy,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{manifest.name} on {manifest.dataset} test ({len(test):,} images): "
+          f"accuracy {100 * result.accuracy:.2f}%  loss {result.loss:.4f}  "
+          f"(manifest: {100 * manifest.metrics.test_accuracy:.2f}%)")  # fmt: skip
+    width = max(len(c) for c in manifest.classes)
+    for cls, acc in report["per_class_accuracy"].items():  # type: ignore[attr-defined]
+        print(f"  {cls:>{width}}  {100 * acc:6.2f}%")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for row in result.confusion.tolist():
+        print("  " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model and export its folder")
+    p.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
+    p.add_argument("--name", help="model folder name (default: <dataset>-<arch>)")
+    _train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("shipped", help="retrain the shipped models from their recipes")
+    p.add_argument("names", nargs="*", choices=[*RECIPES, []], metavar="NAME",
+                   help=f"default: all of {', '.join(RECIPES)}")  # fmt: skip
+    _train_args(p)
+    p.set_defaults(func=cmd_shipped)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ModelLoadError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

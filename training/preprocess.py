@@ -1,0 +1,98 @@
+"""The one image -> tensor path, built from a model's metadata.
+
+Training feeds its in-memory uint8 dataset tensors through :attr:`Preprocessor.transform`;
+the service feeds every upload through :meth:`Preprocessor.from_image`, which turns the
+image into the same kind of uint8 tensor and then calls the very same transform. No mean,
+std or input size is written anywhere else: they come from the model's :class:`InputSpec`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pydantic import BaseModel, Field
+from torchvision.transforms import v2
+
+
+class InputSpec(BaseModel):
+    """What the network expects: size, channels and the normalization it was trained with."""
+
+    height: int = Field(gt=0, le=1024)
+    width: int = Field(gt=0, le=1024)
+    channels: Literal[1] = 1
+    mean: list[float] = Field(min_length=1, max_length=1)
+    std: list[float] = Field(min_length=1, max_length=1)
+
+
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def _scale_to_uint8(arr: np.ndarray, full_scale: float) -> np.ndarray:
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Any decoded image -> an upright 8-bit grayscale ('L') image.
+
+    EXIF orientation is applied; 16- and 32-bit images are scaled to 8 bits, not clipped;
+    transparency is flattened onto the background that contrasts with the ink, so a dark
+    stroke drawn on a transparent canvas reads as ink on paper and a light one as ink on
+    a dark board.
+    """
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        arr = np.asarray(image)
+        peak = float(arr.max()) if arr.size else 0.0
+        if mode == "F":
+            full = 1.0 if peak <= 1.0 else max(peak, 255.0)
+        else:
+            full = 65535.0 if mode in _SIXTEEN_BIT or peak > 255 else 255.0
+            full = max(full, peak)
+        return Image.fromarray(_scale_to_uint8(arr, full), mode="L")
+    has_alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in image.info
+    if has_alpha:
+        la = np.asarray(image.convert("RGBA").convert("LA"), dtype=np.float64)
+        lum, alpha = la[..., 0], la[..., 1] / 255.0
+        weight = alpha.sum()
+        ink = (lum * alpha).sum() / weight if weight > 0 else 0.0
+        background = 255.0 if ink < 128 else 0.0
+        flat = lum * alpha + background * (1.0 - alpha)
+        return Image.fromarray(np.rint(flat).astype(np.uint8), mode="L")
+    if mode == "L":
+        return image
+    if mode not in ("RGB", "1", "P"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV ...
+    return image.convert("L")
+
+
+def image_to_uint8(image: Image.Image) -> torch.Tensor:
+    """An 'L' image -> a ``(1, H, W)`` uint8 tensor, the layout of the dataset tensors."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).unsqueeze(0)
+
+
+class Preprocessor:
+    """Built once per model from its :class:`InputSpec`."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        # Works on uint8 ``(..., 1, H, W)`` batches or single images alike; float input in
+        # [0, 1] (augmented training batches) passes ToDtype unchanged.
+        self.transform = v2.Compose(
+            [
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Resize((spec.height, spec.width), antialias=True),
+                v2.Normalize(mean=spec.mean, std=spec.std),
+            ]
+        )
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, 1, H, W)`` (or float in [0, 1]) -> the model's input batch."""
+        return self.transform(images)  # type: ignore[no-any-return]
+
+    def from_image(self, image: Image.Image) -> torch.Tensor:
+        """A decoded image of any size and mode -> one ``(1, height, width)`` model input."""
+        return self(image_to_uint8(to_grayscale(image)))
