@@ -1,1 +1,1 @@
-"""Offline training package: architectures, datasets, the one preprocessing path, export and load."""
+"""Offline training package: architectures, datasets, one preprocessing path, export, load."""

@@ -18,7 +18,11 @@ class LeNet(nn.Module):
     """The tutorial LeNet: two conv/ReLU/max-pool stages, then fc -> 120 -> 84 -> classes."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, kernel_size: int = 5, input_size: int = 32
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        kernel_size: int = 5,
+        input_size: int = 32,
     ) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -143,7 +147,9 @@ def get_architecture(name: str) -> Architecture:
         raise UnknownArchitectureError(f"unknown architecture {name!r} (known: {known})") from None
 
 
-def build_model(name: str, config: dict[str, Any] | None = None, num_classes: int = 10) -> nn.Module:
+def build_model(
+    name: str, config: dict[str, Any] | None = None, num_classes: int = 10
+) -> nn.Module:
     """Build the architecture ``name`` with its default config updated by ``config``."""
     arch = get_architecture(name)
     kwargs = {**arch.config, **(config or {})}

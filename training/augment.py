@@ -40,9 +40,7 @@ class Augment:
         # (fraction of the side) is 2s in grid units.
         tx, ty = uniform(2 * self.max_shift), uniform(2 * self.max_shift)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack(
-            [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
-        )
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         if self.hflip:
             flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
             theta[:, 0, 0] = torch.where(flip.to(x.device), -theta[:, 0, 0], theta[:, 0, 0])

@@ -22,7 +22,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help=f"folder holding mnist/ and fashion-mnist/ IDX files "
                         f"(default: ${DATA_DIR_ENV}, else ../shared/datasets)")  # fmt: skip
     p.add_argument("--download", action="store_true",
-                   help="fetch the data with torchvision's downloader into --data-dir instead")  # fmt: skip
+                   help="fetch the data with torchvision's downloader into --data-dir")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
 
 
@@ -37,7 +37,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", choices=sorted(AUGMENTS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("models"), help="parent of the model folder")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("models"), help="parent of the model folder"
+    )
     p.add_argument("--limit-train", type=int, help="train on the first N images (smoke runs)")
     p.add_argument("--limit-test", type=int, help="evaluate on the first N test images")
     p.add_argument("--dry-run", action="store_true",
@@ -86,7 +88,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "accuracy": round(result.accuracy, 6),
         "loss": round(result.loss, 6),
         "per_class_accuracy": {
-            c: round(a, 4) for c, a in zip(manifest.classes, result.per_class_accuracy(), strict=True)
+            c: round(a, 4)
+            for c, a in zip(manifest.classes, result.per_class_accuracy(), strict=True)
         },
         "confusion_matrix": result.confusion.tolist(),
         "manifest_accuracy": manifest.metrics.test_accuracy,

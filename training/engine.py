@@ -23,7 +23,7 @@ class EvalResult:
 
     def per_class_accuracy(self) -> list[float]:
         totals = self.confusion.sum(1).clamp(min=1)
-        return (self.confusion.diag().double() / totals).tolist()  # type: ignore[no-any-return]
+        return (self.confusion.diag().double() / totals).tolist()
 
 
 def train_one_epoch(
@@ -52,7 +52,7 @@ def train_one_epoch(
         x, y = preprocess(x), data.labels[idx]
         loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

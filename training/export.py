@@ -103,7 +103,9 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None
     ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", color="C2")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     best = max(history, key=lambda h: h["test_accuracy"])
-    ax_acc.annotate(f"{100 * best['test_accuracy']:.2f}%", (best["epoch"], 100 * best["test_accuracy"]))
+    ax_acc.annotate(
+        f"{100 * best['test_accuracy']:.2f}%", (best["epoch"], 100 * best["test_accuracy"])
+    )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.suptitle(title)

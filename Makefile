@@ -1,0 +1,43 @@
+# The few commands a newcomer needs. Each installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck pytest models evaluate bench-train clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch/torchvision are pinned in pyproject.toml to the builds on this machine's disk.
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with the service, training and dev tools
+
+serve: $(STAMP)  ## start the service on the shipped models (http://127.0.0.1:8000)
+	$(PY) -m app
+
+test: lint typecheck pytest  ## linters, type checks and the whole test suite
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest
+
+models: $(STAMP)  ## retrain every shipped model from its recipe (training/recipes.py)
+	$(PY) -m training shipped
+
+evaluate: $(STAMP)  ## re-evaluate every shipped model on its full test split
+	for m in models/*/; do $(PY) -m training evaluate $$m; done
+
+bench-train: $(STAMP)  ## time our training loop against the tutorial's, per shipped model
+	$(PY) bench/train_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

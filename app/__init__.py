@@ -1,0 +1,1 @@
+"""mnist-serve: the HTTP inference service."""

@@ -1,0 +1,73 @@
+"""The one settings class, read from ``MNIST_SERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The shipped models sit at the repository root (and at /app/models in the image).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment variables are the names below, upper-cased,
+    prefixed ``MNIST_SERVE_`` (e.g. ``MNIST_SERVE_PORT=9000``); lists are comma-separated."""
+
+    model_config = SettingsConfigDict(env_prefix="MNIST_SERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"  # loopback by default; the container sets 0.0.0.0
+    port: int = Field(8000, ge=1, le=65535)
+    models_dir: Path = DEFAULT_MODELS_DIR
+    # Which model folders to load (names); empty = every folder in models_dir.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    default_model: str = "mnist-lenet5"
+    device: str = "auto"  # auto = CUDA when available, else CPU; or cpu, cuda, cuda:N
+
+    # Upload limits.
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)  # 413 past this, counted as it streams
+    max_files: int = Field(64, ge=1)  # parts named "file" per request
+    # 25 MP takes a 4000x3000 photo (or 5000x5000 scan) and rejects decompression bombs.
+    max_image_pixels: int = Field(25_000_000, ge=1)
+
+    # Batching: everything queued (up to max_batch_size images) goes through one forward pass.
+    max_batch_size: int | None = Field(None, ge=1)  # default: 64 on the CPU, 256 on a GPU
+    max_batch_delay_ms: float = Field(0.0, ge=0)  # 0 = never wait for a batch to fill
+    # torch intra-op threads; default: the CPU count divided among the worker processes.
+    torch_threads: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1)
+
+    # Shutdown: on SIGTERM readiness turns 503 at once; after drain_delay_s the listener
+    # closes; requests in flight get up to drain_timeout_s to finish.
+    drain_delay_s: float = Field(0.0, ge=0)
+    drain_timeout_s: float = Field(20.0, ge=0)
+
+    # Optional API key (Authorization: Bearer KEY or X-API-Key: KEY) for /predict and /models;
+    # health, metrics and docs stay open for probes. Off when unset.
+    api_key: SecretStr | None = None
+    # CORS: origins allowed to call the API from a browser; empty = CORS off.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    log_level: str = "info"
+    access_log: bool = True
+
+    _split = field_validator("models", "cors_origins", mode="before")(_split_csv)
+
+    def batch_size_for(self, device_type: str) -> int:
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 256 if device_type == "cuda" else 64
+
+    def threads_per_worker(self) -> int:
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
