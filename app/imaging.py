@@ -15,6 +15,11 @@ from app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 # Pillow formats we decode; anything else is refused before a decoder runs.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 
+# decode() checks every header against the service's own (stricter, configurable) pixel
+# limit before any pixel is decoded; Pillow's global bomb check (a process-wide setting)
+# would only pre-empt that check with a vaguer message that omits the size.
+Image.MAX_IMAGE_PIXELS = None
+
 # Signatures of common non-image uploads, for a 415 that says what was sent.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "PDF document"),

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.preprocess import InputSpec, Preprocessor, image_to_uint8, to_grayscale
+
+SPEC32 = InputSpec(height=32, width=32, mean=[0.1307], std=[0.3081])
+SPEC28 = InputSpec(height=28, width=28, mean=[0.2860], std=[0.3530])
+
+
+def test_batch_and_single_image_give_identical_inputs(mnist_test) -> None:
+    pre = Preprocessor(SPEC32)
+    batch = pre(mnist_test.images[:16])
+    singles = torch.stack([pre(mnist_test.images[i]) for i in range(16)])
+    assert batch.shape == (16, 1, 32, 32)
+    assert torch.equal(batch, singles)
+
+
+def test_serving_path_matches_training_path_bit_for_bit(mnist_test) -> None:
+    pre = Preprocessor(SPEC32)
+    for i in range(8):
+        image = Image.fromarray(mnist_test.images[i, 0].numpy())
+        assert torch.equal(pre.from_image(image), pre(mnist_test.images[i]))
+
+
+def test_normalization_uses_the_spec_mean_and_std() -> None:
+    pre = Preprocessor(SPEC28)
+    x = torch.full((1, 1, 28, 28), 255, dtype=torch.uint8)
+    expected = (1.0 - SPEC28.mean[0]) / SPEC28.std[0]
+    assert torch.allclose(pre(x), torch.full((1, 1, 28, 28), expected))
+
+
+def test_any_size_is_resized_to_the_model_input() -> None:
+    pre = Preprocessor(SPEC32)
+    for size in [(1, 1), (5000, 1), (300, 200), (28, 28)]:
+        assert pre.from_image(Image.new("L", size, 128)).shape == (1, 32, 32)
+
+
+def _ink() -> np.ndarray:
+    a = np.zeros((28, 28), np.uint8)
+    a[6:22, 12:16] = 255
+    return a
+
+
+@pytest.mark.parametrize(
+    "mode", ["L", "RGB", "CMYK", "P", "1", "I;16", "I", "F", "RGBA", "LA", "YCbCr"]
+)
+def test_every_mode_becomes_8_bit_grayscale(mode: str) -> None:
+    src = Image.fromarray(_ink())
+    if mode == "I;16":
+        image = Image.fromarray(_ink().astype(np.uint16) * 257)
+    elif mode == "I":
+        image = Image.fromarray(_ink().astype(np.int32) * 257)
+    elif mode == "F":
+        image = Image.fromarray(_ink().astype(np.float32) / 255.0)
+    else:
+        image = src.convert(mode)
+    gray = to_grayscale(image)
+    assert gray.mode == "L"
+    arr = np.asarray(gray)
+    # 16-bit and float images are scaled, not clipped: the stroke stays at full white.
+    assert arr[10, 13] >= 250
+    assert arr[0, 0] <= 5
+
+
+def test_transparent_canvas_with_dark_ink_is_flattened_onto_white() -> None:
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[6:22, 12:16] = [0, 0, 0, 255]  # black strokes, transparent elsewhere
+    gray = np.asarray(to_grayscale(Image.fromarray(rgba, "RGBA")))
+    assert gray[10, 13] == 0
+    assert gray[0, 0] == 255
+
+
+def test_transparent_canvas_with_light_ink_is_flattened_onto_black() -> None:
+    la = np.zeros((28, 28, 2), np.uint8)
+    la[6:22, 12:16] = [255, 255]
+    gray = np.asarray(to_grayscale(Image.fromarray(la, "LA")))
+    assert gray[10, 13] == 255
+    assert gray[0, 0] == 0
+
+
+def test_exif_orientation_is_applied() -> None:
+    arr = np.zeros((10, 20), np.uint8)
+    arr[:, :5] = 255  # a bar on the left of a landscape image
+    image = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90-degree clockwise turn
+    buf = __import__("io").BytesIO()
+    image.save(buf, "JPEG", exif=exif.tobytes(), quality=100)
+    upright = to_grayscale(Image.open(buf))
+    assert upright.size == (10, 20)
+    assert np.asarray(upright)[:5].mean() > 200  # the bar is now at the top
+
+
+def test_image_to_uint8_layout() -> None:
+    t = image_to_uint8(Image.fromarray(_ink()))
+    assert t.dtype == torch.uint8
+    assert t.shape == (1, 28, 28)

@@ -1,0 +1,29 @@
+"""Every shipped model, re-evaluated on its full 10,000-image test split."""
+
+import pytest
+
+from tests.helpers import MODELS_DIR
+from training.datasets import load_split
+from training.engine import evaluate
+from training.loader import discover, load_model
+from training.recipes import RECIPES, TARGETS
+
+SHIPPED = sorted(p.name for p in discover(MODELS_DIR))
+
+
+def test_every_recipe_is_shipped_and_every_shipped_model_has_a_recipe() -> None:
+    assert SHIPPED == sorted(RECIPES) == sorted(TARGETS)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_meets_its_target_and_its_manifest(name: str) -> None:
+    loaded = load_model(MODELS_DIR / name, "cpu")
+    manifest = loaded.manifest
+    assert manifest.name == name
+    assert manifest.dataset == RECIPES[name]["dataset"]
+    assert manifest.architecture.name == RECIPES[name]["arch"]
+    test = load_split(manifest.dataset, train=False)
+    assert len(test) == manifest.metrics.test_samples == 10_000
+    result = evaluate(loaded.model, test, loaded.preprocessor)
+    assert result.accuracy >= TARGETS[name], f"{name}: {result.accuracy:.4f} < {TARGETS[name]}"
+    assert abs(result.accuracy - manifest.metrics.test_accuracy) <= 0.001
