@@ -7,10 +7,20 @@ pixel count is read from the header and checked *before* any pixel is decoded.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+# Compressed PNG metadata (zTXt/iTXt/iCCP) is inflated while the header is read. Pillow
+# allows 1 MiB per chunk and 64 MiB in all, per image; we need none of it, so the total is
+# cut to 4 MiB: 64 concurrent uploads cannot make the server hold 4 GiB of comments.
+PngImagePlugin.MAX_TEXT_CHUNK = 1024 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
+# Pillow's own messages when a compressed chunk inflates past those limits.
+_METADATA_BOMB = ("Decompressed data too large", "Too much memory used in text chunks")
 
 # Pillow formats we decode; anything else is refused before a decoder runs.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -59,10 +69,35 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_crcs(data: bytes, name: str) -> None:
+    """Pillow skips the CRCs of pixel-data chunks; a PNG whose data fails its checksum is
+    corrupt, and we say so rather than classify damaged pixels. Chunks that run past the
+    end of the upload are left to the decoder (a truncated-file error)."""
+    at = len(_PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, at)
+        end = at + 8 + length
+        if end + 4 > len(data):
+            return
+        kind = data[at + 4 : at + 8]
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(memoryview(data)[at + 4 : end]) != crc:
+            label = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise InvalidImage(f"{name}: PNG {label} chunk fails its CRC check (corrupt file)")
+        if kind == b"IEND":
+            return  # anything after the image end is ignored, as by every viewer
+        at = end + 4
+
+
 def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Decode the first frame of ``data``. Raises a 400/413/415 :class:`ServeError`."""
     if not data:
         raise InvalidImage(f"{name}: empty file")
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_crcs(data, name)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
@@ -74,6 +109,12 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise InvalidImage(f"{name}: not a decodable image") from None
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"{name}: image declares too many pixels") from None
+    except ValueError as exc:
+        if str(exc).startswith(_METADATA_BOMB):
+            raise PayloadTooLarge(
+                f"{name}: compressed metadata (text or ICC chunks) inflates past the limit"
+            ) from None
+        raise InvalidImage(f"{name}: corrupt image header") from None
     except Exception:
         raise InvalidImage(f"{name}: corrupt image header") from None
     width, height = image.size
@@ -90,6 +131,12 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         image.getexif()  # parse EXIF now, so a broken block is a 400 here
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"{name}: decompression bomb") from None
+    except ValueError as exc:
+        if str(exc).startswith(_METADATA_BOMB):
+            raise PayloadTooLarge(
+                f"{name}: compressed metadata (text or ICC chunks) inflates past the limit"
+            ) from None
+        raise InvalidImage(f"{name}: truncated or corrupt {image.format} image") from None
     except Exception:
         raise InvalidImage(f"{name}: truncated or corrupt {image.format} image") from None
     return image

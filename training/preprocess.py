@@ -43,9 +43,12 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     a dark board.
     """
     image = ImageOps.exif_transpose(image)
+    if image.mode == "La":  # premultiplied alpha (TIFF): Pillow converts it only to LA
+        image = image.convert("LA")
     mode = image.mode
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
-        arr = np.asarray(image)
+        # Non-finite float pixels (NaN, inf in a float TIFF) count as background.
+        arr = np.nan_to_num(np.asarray(image), nan=0.0, posinf=0.0, neginf=0.0)
         peak = float(arr.max()) if arr.size else 0.0
         if mode == "F":
             full = 1.0 if peak <= 1.0 else max(peak, 255.0)
