@@ -16,6 +16,8 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 from torchvision.transforms import v2
 
+from training.normalize import Fit, Mode, normalize
+
 
 class InputSpec(BaseModel):
     """What the network expects: size, channels and the normalization it was trained with."""
@@ -25,6 +27,9 @@ class InputSpec(BaseModel):
     channels: Literal[1] = 1
     mean: list[float] = Field(min_length=1, max_length=1)
     std: list[float] = Field(min_length=1, max_length=1)
+    # How uploads are made dataset-shaped before the transform (training/normalize.py):
+    # "digit" (MNIST's recipe), "object" (Fashion-MNIST's) or "none" (older manifests).
+    fit: Fit = "none"
 
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
@@ -72,8 +77,9 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def image_to_uint8(image: Image.Image) -> torch.Tensor:
-    """An 'L' image -> a ``(1, H, W)`` uint8 tensor, the layout of the dataset tensors."""
+def image_to_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """An 'L' image (or ``(H, W)`` uint8 array) -> a ``(1, H, W)`` uint8 tensor, the layout
+    of the dataset tensors."""
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).unsqueeze(0)
 
 
@@ -96,6 +102,12 @@ class Preprocessor:
         """uint8 ``(N, 1, H, W)`` (or float in [0, 1]) -> the model's input batch."""
         return self.transform(images)  # type: ignore[no-any-return]
 
-    def from_image(self, image: Image.Image) -> torch.Tensor:
-        """A decoded image of any size and mode -> one ``(1, height, width)`` model input."""
-        return self(image_to_uint8(to_grayscale(image)))
+    def from_image(self, image: Image.Image, mode: Mode = "auto") -> torch.Tensor:
+        """A decoded image of any size and mode -> one ``(1, height, width)`` model input.
+
+        ``mode`` picks the upload normalization (see :mod:`training.normalize`): ``auto``
+        passes dataset-shaped images through unchanged and normalizes the rest, ``dataset``
+        always normalizes, ``none`` never does.
+        """
+        gray = np.asarray(to_grayscale(image), dtype=np.uint8)
+        return self(image_to_uint8(normalize(gray, self.spec.fit, mode)))

@@ -18,6 +18,7 @@ from training.device import resolve_device
 from training.engine import evaluate, train_one_epoch
 from training.export import export_model
 from training.manifest import Manifest, Metrics
+from training.normalize import FIT_FOR_DATASET
 from training.preprocess import InputSpec, Preprocessor
 
 
@@ -82,10 +83,13 @@ def seed_everything(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def input_spec_for(arch: str, train: Split) -> InputSpec:
+def input_spec_for(arch: str, train: Split, dataset: str | None = None) -> InputSpec:
     height, width = get_architecture(arch).input_size
     mean, std = channel_stats(train.images)
-    return InputSpec(height=height, width=width, mean=[round(mean, 4)], std=[round(std, 4)])
+    return InputSpec(
+        height=height, width=width, mean=[round(mean, 4)], std=[round(std, 4)],
+        fit=FIT_FOR_DATASET.get(dataset or "", "none"),
+    )  # fmt: skip
 
 
 def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
@@ -99,7 +103,7 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
         train = train.subset(cfg.limit_train)
     if cfg.limit_test:
         test = test.subset(cfg.limit_test)
-    input_spec = input_spec_for(cfg.arch, train)
+    input_spec = input_spec_for(cfg.arch, train, cfg.dataset)
     preprocess = Preprocessor(input_spec)
     # The whole dataset lives on the training device; batches are index slices.
     train = Split(train.images.to(device), train.labels.to(device))

@@ -1,0 +1,213 @@
+"""Real-world uploads -> dataset-shaped images: the first step of the one preprocessing path.
+
+MNIST and Fashion-MNIST images are light objects on a black 28x28 canvas, made by a known
+recipe. A user's upload (a phone photo of a digit on paper, a scan, black ink on white,
+4000x3000 JPEG) is not; resizing it to the model's input gives the network something it has
+never seen. :func:`normalize` re-creates the dataset's own recipe on an 8-bit grayscale image:
+
+* polarity: when the background (the image's border) is lighter than the object, invert;
+* lighting: subtract the background, fitted as a smooth (quadratic) surface when the border
+  is uneven, and stretch the contrast so the object's ink reaches full white;
+* ``fit="digit"`` (MNIST's recipe): crop to the ink's bounding box, ignoring faint noise
+  and specks; scale the longer side to 20 px keeping the aspect ratio; paste into 28x28 so
+  the centre of mass lands in the centre;
+* ``fit="object"`` (Fashion-MNIST's recipe): crop to the object's bounding box, scale the
+  longer side to 28 px, centre the box in 28x28, background at zero.
+
+The model's own transform (resize to its input size, normalize) then runs unchanged. Which
+recipe a model uses is recorded in its manifest (``input.fit``); ``"none"`` (the default of
+older manifests) turns normalization off.
+
+Modes, chosen per request:
+
+* ``auto``: an image that already looks dataset-shaped (28x28 with a dark background) passes
+  through unchanged, bit for bit; every other image gets the recipe;
+* ``dataset``: the recipe always runs, even on 28x28 dark-background images;
+* ``none``: no normalization: the image goes to the model's transform as decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+Fit = Literal["digit", "object", "none"]
+Mode = Literal["auto", "dataset", "none"]
+MODES: tuple[Mode, ...] = ("auto", "dataset", "none")
+
+CANVAS = 28  # the side of an MNIST / Fashion-MNIST image
+WORK_SIDE = 512  # larger uploads are box-filtered down to this before anything else
+
+
+@dataclass(frozen=True)
+class Recipe:
+    box: int  # the longer side of the object inside the canvas
+    centre: Literal["mass", "box"]  # what is placed at the canvas centre
+    # This percentile of the object's pixels becomes full white; None keeps the shading's
+    # own level (Fashion-MNIST kept the photos' intensities).
+    ink_percentile: float | None
+    mask_level: int  # after the stretch, pixels above this belong to the object's box
+    # Fit uneven lighting as a surface? Only where the object leaves the border to the
+    # background (digits); clothes may fill the frame, so their background is one level.
+    flatten: bool
+
+
+RECIPES: dict[str, Recipe] = {
+    # LeCun et al.: "normalized to fit in a 20x20 pixel box while preserving their aspect
+    # ratio ... centered in a 28x28 image by computing the center of mass of the pixels".
+    "digit": Recipe(box=20, centre="mass", ink_percentile=90.0, mask_level=64, flatten=True),
+    # Xiao et al.: trim, resize the longest edge to 28, extend the shortest edge to 28 and
+    # put the object in the centre; intensities keep their shading (max -> white).
+    "object": Recipe(box=CANVAS, centre="box", ink_percentile=None, mask_level=16, flatten=False),
+}
+
+# The recipe each dataset was made with; training records it in the manifest's input.fit.
+FIT_FOR_DATASET: dict[str, Fit] = {"mnist": "digit", "fashion-mnist": "object"}
+
+
+def looks_dataset_shaped(gray: np.ndarray) -> bool:
+    """28x28 and the background (the border) is darker than the object."""
+    return gray.shape == (CANVAS, CANVAS) and not _light_background(gray.astype(np.float32))
+
+
+def normalize(gray: np.ndarray, fit: Fit, mode: Mode = "auto") -> np.ndarray:
+    """An ``(H, W)`` uint8 grayscale image -> the image the model's transform should see.
+
+    Returns ``gray`` itself when nothing is to be done (``fit="none"``, ``mode="none"``,
+    or ``mode="auto"`` on an image that already looks dataset-shaped), else a new 28x28
+    uint8 array built by the model's recipe.
+    """
+    if fit == "none" or mode == "none" or gray.size == 0:
+        return gray
+    if mode == "auto" and looks_dataset_shaped(gray):
+        return gray
+    recipe = RECIPES[fit]
+    a = _shrink(gray).astype(np.float32)
+    if _light_background(a):
+        a = 255.0 - a
+    a = a - _background(a, recipe.flatten)
+    a = _stretch(a, recipe)
+    mask = _object_mask(a, recipe.mask_level)
+    if not mask.any():
+        return np.zeros((CANVAS, CANVAS), np.uint8)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    crop = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return _place(_fit_box(crop, recipe.box), recipe.centre)
+
+
+def _shrink(gray: np.ndarray) -> np.ndarray:
+    h, w = gray.shape
+    scale = WORK_SIDE / max(h, w)
+    if scale >= 1:
+        return gray
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX))
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    """The outer ring of the image, about 5% of the shorter side wide (at least 1 px)."""
+    k = max(1, min(a.shape) // 20)
+    return np.concatenate([a[:k].ravel(), a[-k:].ravel(), a[:, :k].ravel(), a[:, -k:].ravel()])
+
+
+def _light_background(a: np.ndarray) -> bool:
+    """The object is whichever side of the border's level has the longer tail."""
+    level = float(np.median(_border(a)))
+    low, high = np.percentile(a, [1, 99])
+    return bool(level - low > high - level)
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 256.0))
+    p = hist.astype(np.float64) / max(1, hist.sum())
+    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
+    return float(edges[int(np.nanargmax(between)) + 1]) if np.isfinite(between).any() else 0.0
+
+
+def _background(a: np.ndarray, flatten: bool) -> np.ndarray | float:
+    """The background level: a constant when the border is even, else a quadratic surface
+    fitted (twice, dropping the object's pixels) to the pixels below Otsu's threshold."""
+    border = _border(a)
+    low, high = np.percentile(border, [5, 95])
+    if not flatten or high - low < 24:
+        return float(np.median(border))
+    h, w = a.shape
+    step = max(1, max(h, w) // 96)  # fit on a sparse grid: ~10k points at most
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    sample = a[::step, ::step]
+    y, x = ys.ravel() / h - 0.5, xs.ravel() / w - 0.5
+    design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)
+    values = sample.ravel()
+    keep = values <= _otsu(values)
+    for _ in range(2):
+        if keep.sum() < 6:
+            return float(np.median(border))
+        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        residual = values - design @ coef
+        keep = residual <= _otsu(residual - residual.min()) + residual.min()
+    yy, xx = np.mgrid[0:h, 0:w]
+    y2, x2 = yy / h - 0.5, xx / w - 0.5
+    full: np.ndarray = np.stack([np.ones_like(x2), x2, y2, x2 * x2, x2 * y2, y2 * y2], -1) @ coef
+    return full.astype(np.float32)
+
+
+def _stretch(a: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """Map the background's noise floor (read on the border) to 0 and the object's ink
+    level to 255."""
+    a = np.clip(a, 0.0, 255.0)
+    threshold = _otsu(a)
+    ink = a[a > threshold]
+    if ink.size == 0:
+        return np.zeros_like(a)
+    border = _border(a)
+    level = float(np.median(border))
+    noise = 1.4826 * float(np.median(np.abs(border - level)))  # robust sigma of the border
+    floor = min(level + 3 * noise, threshold / 2)
+    top = (
+        255.0 if recipe.ink_percentile is None else float(np.percentile(ink, recipe.ink_percentile))
+    )
+    if top <= floor:
+        return np.zeros_like(a)
+    return np.clip((a - floor) * (255.0 / (top - floor)), 0.0, 255.0)
+
+
+def _object_mask(a: np.ndarray, level: int) -> np.ndarray:
+    """Pixels of the object: above ``level``, after a 3x3 median filter on images large
+    enough that strokes are wider than a pixel, which drops isolated specks of noise."""
+    img = Image.fromarray(np.rint(a).astype(np.uint8))
+    if min(a.shape) >= 3 * CANVAS:
+        img = img.filter(ImageFilter.MedianFilter(3))
+    return np.asarray(img) > level
+
+
+def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
+    """Scale ``crop`` so its longer side is ``box`` px, keeping the aspect ratio."""
+    h, w = crop.shape
+    scale = box / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = Image.fromarray(crop.astype(np.float32), mode="F")
+    resized = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
+    return np.clip(resized, 0.0, 255.0)  # type: ignore[no-any-return]
+
+
+def _place(obj: np.ndarray, centre: Literal["mass", "box"]) -> np.ndarray:
+    """Paste ``obj`` into a black 28x28 canvas with its centre of mass (or its box centre)
+    at the canvas centre; whatever falls outside is cut off, as in MNIST."""
+    h, w = obj.shape
+    if centre == "mass" and obj.sum() > 0:
+        ys, xs = np.indices(obj.shape)
+        cy, cx = (ys * obj).sum() / obj.sum(), (xs * obj).sum() / obj.sum()
+    else:
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+    top, left = round((CANVAS - 1) / 2 - cy), round((CANVAS - 1) / 2 - cx)
+    canvas = np.zeros((CANVAS, CANVAS), np.float32)
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(CANVAS, top + h), min(CANVAS, left + w)
+    if y1 > y0 and x1 > x0:
+        canvas[y0:y1, x0:x1] = obj[y0 - top : y1 - top, x0 - left : x1 - left]
+    return np.rint(canvas).astype(np.uint8)
