@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic_core import to_json
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -14,8 +15,8 @@ from app.config import Settings
 from app.deps import RegistryDep, require_api_key
 from app.errors import InvalidImage, NoFile, PayloadTooLarge, UnsupportedMediaType
 from app.imaging import decode
-from app.registry import ServingModel
-from app.schemas import ErrorBody, Prediction, PredictResponse, TopK
+from app.schemas import ErrorBody, PredictResponse
+from training.normalize import Mode
 from training.preprocess import Preprocessor
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -55,6 +56,17 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 Upload = tuple[str, bytes]  # (name for messages, bytes)
+
+_PREPROCESS_DOC = (
+    "How uploads are made to look like the model's dataset before the model's own resize "
+    "and normalization (the recipe is the model's `input.fit`, see docs/real-world.md). "
+    "`auto` (default): an image that is already dataset-shaped (28x28, background darker "
+    "than the object) is used unchanged; any other is normalized: a light background is "
+    "inverted, lighting and noise are removed, and the object is cropped, scaled and "
+    "centred as in MNIST (digit in a 20x20 box, centre of mass at the centre of 28x28) or "
+    "Fashion-MNIST (longer side 28 px, centred). `dataset`: always normalize, even 28x28 "
+    "dark-background images. `none`: never normalize; the image is only resized."
+)
 
 
 def _label(filename: str | None, index: int) -> str:
@@ -105,28 +117,36 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
     )
 
 
-def prepare(uploads: list[Upload], preprocessor: Preprocessor, max_pixels: int) -> torch.Tensor:
-    """Decode and preprocess every upload (in a worker thread) -> one input batch."""
+def prepare(
+    uploads: list[Upload], preprocessor: Preprocessor, max_pixels: int, mode: Mode = "auto"
+) -> torch.Tensor:
+    """Decode and preprocess every upload -> one input batch (runs on the batch worker)."""
     return torch.stack(
-        [preprocessor.from_image(decode(data, name, max_pixels)) for name, data in uploads]
+        [preprocessor.from_image(decode(data, name, max_pixels), mode) for name, data in uploads]
     )
 
 
-def build_response(model: ServingModel, probs: torch.Tensor, top_k: int | None) -> PredictResponse:
-    classes = model.loaded.manifest.classes
+def render(model_name: str, classes: list[str], probs: torch.Tensor, top_k: int | None) -> bytes:
+    """The :class:`PredictResponse` JSON for ``probs`` (runs on the batch worker).
+
+    Built as plain dicts and serialized by pydantic-core in one call: validating 64
+    ``Prediction`` models and then the response again cost more than the forward pass
+    (bench/RESULTS.md). The shape is the documented ``PredictResponse``, ``top_k`` only
+    when asked for; tests/test_service.py checks it.
+    """
     k = min(top_k, len(classes)) if top_k else 0
     predictions = []
     for row in probs.tolist():
         best = max(range(len(row)), key=row.__getitem__)
-        entry = Prediction(
-            label=classes[best], class_index=best, probability=row[best],
-            probabilities=dict(zip(classes, row, strict=True)),
-        )  # fmt: skip
+        entry: dict[str, object] = {
+            "label": classes[best], "class_index": best, "probability": row[best],
+            "probabilities": dict(zip(classes, row, strict=True)),
+        }  # fmt: skip
         if k:
             order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:k]
-            entry.top_k = [TopK(label=classes[i], probability=row[i]) for i in order]
+            entry["top_k"] = [{"label": classes[i], "probability": row[i]} for i in order]
         predictions.append(entry)
-    return PredictResponse(model=model.name, predictions=predictions)
+    return to_json({"model": model_name, "predictions": predictions})
 
 
 @router.post(
@@ -141,12 +161,18 @@ async def predict(
     registry: RegistryDep,
     model: Annotated[str | None, Query(description="Model name; default model if absent")] = None,
     top_k: Annotated[int | None, Query(ge=1, description="Also list the K best classes")] = None,
-) -> PredictResponse:
+    preprocess: Annotated[Mode, Query(description=_PREPROCESS_DOC)] = "auto",
+) -> Response:
     """Classify one or more uploaded images: one prediction per file, in upload order."""
     serving = registry.get(model)
     uploads = await read_uploads(request, registry.settings)
     preprocessor = serving.loaded.preprocessor
     limit = registry.settings.max_image_pixels
-    inputs = await run_in_threadpool(prepare, uploads, preprocessor, limit)
-    probs = await serving.engine.predict(inputs)
-    return build_response(serving, probs, top_k)
+    classes = serving.loaded.manifest.classes
+    # One hop: the batch worker decodes, preprocesses, batches, runs and renders.
+    body = await serving.engine.submit(
+        partial(prepare, uploads, preprocessor, limit, preprocess),
+        partial(render, serving.name, classes, top_k=top_k),
+        len(uploads),
+    )
+    return Response(body, media_type="application/json")
