@@ -44,7 +44,8 @@ class Registry:
         if self.draining:
             return "shutting down"
         if self.error:
-            return f"start-up failed: {self.error}"
+            # The reason names folders on disk: it goes to the log, not to clients.
+            return "start-up failed (the reason is in the server log)"
         if not self.ready:
             return "models are loading"
         return None
