@@ -7,11 +7,47 @@ import math
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings
 from app.main import create_app
 from training.device import DeviceError, resolve_device
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (``MNIST_SERVE_WORKERS`` > 1), built in that process."""
+    settings = Settings()
+    _configure_logging(settings)
+    return create_app(settings, load_before_serving=True)
+
+
+def _run_workers(settings: Settings, workers: int) -> int:
+    """Run ``workers`` processes on one socket under uvicorn's supervisor: SIGTERM reaches
+    each worker, which drains as a single server does; a worker that fails to load its
+    models stops them all and the exit code is 1."""
+    config = uvicorn.Config(
+        "app.__main__:worker_app",
+        factory=True,
+        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    return 1 if failed else 0
 
 
 def main() -> int:
@@ -23,13 +59,14 @@ def main() -> int:
         print(f"error: MNIST_SERVE_{field.upper()}: {first['msg']}", file=sys.stderr)
         return 2
     try:
-        resolve_device(settings.device)
+        device = resolve_device(settings.device)
     except DeviceError as exc:
         print(f"error: MNIST_SERVE_DEVICE: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(settings)
+    workers = settings.worker_count(device.type)
+    if workers > 1:
+        return _run_workers(settings, workers)
     exit_code = 0
 
     def on_fatal(reason: str) -> None:

@@ -42,9 +42,18 @@ class Settings(BaseSettings):
     # Batching: everything queued (up to max_batch_size images) goes through one forward pass.
     max_batch_size: int | None = Field(None, ge=1)  # default: 64 on the CPU, 256 on a GPU
     max_batch_delay_ms: float = Field(0.0, ge=0)  # 0 = never wait for a batch to fill
-    # torch intra-op threads; default: the CPU count divided among the worker processes.
+    # torch intra-op threads per worker process; default: the usable cores divided among the
+    # workers, which with the default worker count is 1 on the CPU. One thread is the right
+    # size for these models: a batch of <= 64 28x28 images is too small for a second
+    # intra-op thread to pay for its hand-offs, and the cores are better spent on more
+    # worker processes (each has its own event loop and GIL). Measured in bench/RESULTS.md.
     torch_threads: int | None = Field(None, ge=1)
-    workers: int = Field(1, ge=1)
+    # Server worker processes sharing the port; each loads the models and has its own batch
+    # workers. Default: on the CPU one per usable core (the HTTP and decode work is
+    # GIL-bound, so processes, not threads, are what scale it); on a GPU half the usable
+    # cores, at most 8 (each worker holds its own CUDA context; the other cores are left to
+    # decoding and the driver's threads). Set 1 for one process, as the tests do.
+    workers: int | None = Field(None, ge=1)
 
     # Shutdown: on SIGTERM readiness turns 503 at once; after drain_delay_s the listener
     # closes; requests in flight get up to drain_timeout_s to finish.
@@ -67,7 +76,21 @@ class Settings(BaseSettings):
             return self.max_batch_size
         return 256 if device_type == "cuda" else 64
 
+    def worker_count(self, device_type: str) -> int:
+        if self.workers is not None:
+            return self.workers
+        cores = usable_cores()
+        return max(1, min(cores // 2, 8)) if device_type == "cuda" else cores
+
     def threads_per_worker(self) -> int:
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, usable_cores() // (self.workers or usable_cores()))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset, cgroup cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -67,7 +67,15 @@ def _drain_on_sigterm(registry: Registry, delay: float) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    on_fatal: FatalHook | None = None,
+    load_before_serving: bool = False,
+) -> FastAPI:
+    """The app. ``load_before_serving`` is for worker processes that share one socket
+    (``MNIST_SERVE_WORKERS`` > 1): a worker then accepts connections only once its models
+    are loaded, so no request meets a worker that is still loading, and a load failure
+    fails the worker's start-up, which makes the supervisor stop them all."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -76,13 +84,21 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = No
         registry = Registry(settings, metrics)
         app.state.registry = registry
         _drain_on_sigterm(registry, settings.drain_delay_s)
-        # Load in the background: the server answers probes (503) while models load.
-        task = asyncio.create_task(_load_models(registry, on_fatal))
+        task: asyncio.Task[None] | None = None
+        if load_before_serving:
+            await _load_models(registry, None)
+            if registry.error is not None:
+                await asyncio.to_thread(registry.close)
+                raise StartupError(registry.error)
+        else:
+            # Load in the background: the server answers probes (503) while models load.
+            task = asyncio.create_task(_load_models(registry, on_fatal))
         try:
             yield
         finally:
             registry.draining = True
-            await task
+            if task is not None:
+                await task
             await asyncio.to_thread(registry.close)
 
     app = FastAPI(

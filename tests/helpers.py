@@ -59,6 +59,7 @@ def spawn(env: dict[str, str] | None = None, port: int | None = None) -> Server:
         "MNIST_SERVE_PORT": str(port),
         "MNIST_SERVE_DEVICE": "cpu",
         "MNIST_SERVE_TORCH_THREADS": "1",
+        "MNIST_SERVE_WORKERS": "1",  # the default is one per core; tests that want more say so
         "MNIST_SERVE_ACCESS_LOG": "false",
         **(env or {}),
     }

@@ -1,0 +1,68 @@
+"""``MNIST_SERVE_WORKERS`` > 1: several real server processes on one port."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.helpers import encode, spawn, wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def _serving_workers(pid: int) -> set[int]:
+    """Children that run the app (not multiprocessing's resource tracker)."""
+    out = set()
+    for child in _children(pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"multiprocessing.spawn" in cmdline or b"spawn_main" in cmdline:
+            out.add(child)
+    return out
+
+
+def test_workers_default_follows_the_device() -> None:
+    s = Settings(workers=None)
+    assert s.worker_count("cpu") >= 1
+    assert 1 <= s.worker_count("cuda") <= 8
+    assert Settings(workers=3).worker_count("cpu") == 3
+    assert Settings(workers=2, torch_threads=None).threads_per_worker() >= 1
+
+
+def test_two_workers_serve_and_drain_on_sigterm(mnist_test) -> None:
+    server = spawn({"MNIST_SERVE_WORKERS": "2", "MNIST_SERVE_MODELS": "mnist-lenet5"})
+    try:
+        wait_ready(server, timeout=120)
+        files = [("file", ("a.png", encode(mnist_test.images[0]), "image/png"))]
+        for _ in range(20):
+            r = httpx.post(f"{server.url}/predict", files=files, timeout=30)
+            assert r.status_code == 200
+            assert r.json()["predictions"][0]["label"] == str(int(mnist_test.labels[0]))
+        assert len(_serving_workers(server.process.pid)) == 2
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+        server.process.communicate()
+
+
+def test_a_worker_that_cannot_load_stops_the_service_with_exit_1(tmp_path) -> None:
+    server = spawn({"MNIST_SERVE_WORKERS": "2", "MNIST_SERVE_MODELS_DIR": str(tmp_path / "no")})
+    try:
+        code = server.process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise
+    out = server.output()
+    assert code == 1
+    assert "does not exist" in out
