@@ -1,0 +1,383 @@
+"""Serving benchmark: the service against a plain baseline, both sides in one run.
+
+    python bench/run.py                 # the table (about 3 minutes)
+    python bench/run.py --soak 100000   # + resident memory over 100,000 requests
+
+Starts the service (``python -m app``, one worker, one torch thread) and the plain baseline
+(``bench/baseline.py``: sync endpoint, one image per forward pass, the same model loader and
+preprocessing) pinned to one core with ``taskset``, and drives each in turn with ``wrk``
+pinned to another core, POSTing real MNIST test PNGs as multipart uploads
+(``bench/predict.lua``). The two sides are measured alternately at each concurrency so that
+drift in the machine's load hits both alike. Prints one table (req/s, images/s, p50, p99,
+errors, server CPU per request, ratio to the baseline), then 64-file uploads, cold start and
+resident memory, and writes everything as JSON under bench/out/.
+
+Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``) and ``taskset`` (util-linux).
+Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+LUA = REPO / "bench" / "predict.lua"
+MODEL = "mnist-lenet5"
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    url: str
+    ready_path: str
+    cold_start_s: float = 0.0
+    log: Path = field(default_factory=Path)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def pids(self) -> list[int]:
+        """The process and its descendants (worker processes, if any)."""
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            todo.extend(int(k) for k in kids)
+        return out
+
+    def rss_mib(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds used so far by the process and its descendants."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _get(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def start(name: str, cmd: list[str], env: dict[str, str], port: int, ready_path: str) -> Proc:
+    log = OUT / f"{name}.log"
+    started = time.perf_counter()
+    popen = subprocess.Popen(
+        cmd, cwd=REPO, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    proc = Proc(name, popen, f"http://127.0.0.1:{port}", ready_path, log=log)
+    deadline = started + 180
+    while _get(proc.url + ready_path, timeout=0.5) != 200:
+        if popen.poll() is not None:
+            sys.exit(f"{name} exited with {popen.returncode}; see {log}")
+        if time.perf_counter() > deadline:
+            proc.stop()
+            sys.exit(f"{name} not ready within 180 s; see {log}")
+        time.sleep(0.01)
+    proc.cold_start_s = time.perf_counter() - started
+    return proc
+
+
+def start_service(core: int, port: int) -> Proc:
+    env = {
+        "MNIST_SERVE_HOST": "127.0.0.1",
+        "MNIST_SERVE_PORT": str(port),
+        "MNIST_SERVE_DEVICE": "cpu",
+        "MNIST_SERVE_MODELS": MODEL,
+        "MNIST_SERVE_DEFAULT_MODEL": MODEL,
+        "MNIST_SERVE_WORKERS": "1",  # one core: one worker
+        "MNIST_SERVE_TORCH_THREADS": "1",
+        "MNIST_SERVE_ACCESS_LOG": "false",
+        "MNIST_SERVE_LOG_LEVEL": "warning",
+    }
+    cmd = ["taskset", "-c", str(core), sys.executable, "-m", "app"]
+    return start("service", cmd, env, port, "/health/ready")
+
+
+def start_baseline(core: int, port: int) -> Proc:
+    env = {"BENCH_MODEL_DIR": str(REPO / "models" / MODEL), "BENCH_TORCH_THREADS": "1"}
+    cmd = [
+        "taskset", "-c", str(core), sys.executable, "-m", "uvicorn", "bench.baseline:app",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return start("baseline", cmd, env, port, "/health")
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+def export_pngs(count: int) -> Path:
+    """The first ``count`` MNIST test images as PNG files, listed in bench/out/png.list."""
+    listing = OUT / "png.list"
+    folder = OUT / "png"
+    if listing.is_file() and len(listing.read_text().split()) == count:
+        return listing
+    sys.path.insert(0, str(REPO))
+    from PIL import Image
+
+    from training.datasets import load_split
+
+    split = load_split("mnist", train=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:05d}_{int(split.labels[i])}.png"
+        Image.fromarray(split.images[i, 0].numpy()).save(path)
+        paths.append(str(path))
+    listing.write_text("\n".join(paths) + "\n")
+    return listing
+
+
+@dataclass
+class Run:
+    side: str
+    concurrency: int
+    files: int
+    duration_s: float
+    requests: int
+    errors: int
+    rps: float
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float  # server CPU time per request: robust to a busy machine
+    server_cpu_share: float  # of one core, during the run
+
+
+def wrk(proc: Proc, listing: Path, concurrency: int, files: int, seconds: float, core: int) -> Run:
+    secs = max(1, round(seconds))
+    cmd = [
+        "taskset", "-c", str(core), "wrk", "-t1", f"-c{concurrency}", f"-d{secs}s",
+        "--timeout", "30s", "-s", str(LUA), proc.url + "/predict", "--", str(listing), str(files),
+    ]  # fmt: skip
+    cpu0 = proc.cpu_s()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = proc.cpu_s() - cpu0
+    line = next(ln for ln in out.splitlines() if ln.startswith("BENCH_JSON "))
+    d = json.loads(line.split(" ", 1)[1])
+    secs = d["duration_us"] / 1e6
+    n = d["requests"]
+    errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
+    return Run(
+        side=proc.name, concurrency=concurrency, files=files, duration_s=round(secs, 2),
+        requests=n, errors=errors, rps=n / secs, images_per_s=n * files / secs,
+        p50_ms=d["p50_us"] / 1000, p99_ms=d["p99_us"] / 1000,
+        cpu_ms_per_request=cpu / max(n, 1) * 1000, server_cpu_share=cpu / secs,
+    )  # fmt: skip
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median req/s (its own latencies kept together)."""
+    ordered = sorted(runs, key=lambda r: r.rps)
+    return ordered[len(ordered) // 2]
+
+
+def check_agreement(service: Proc, baseline: Proc, listing: Path) -> int:
+    """Both sides give the same labels for the first 20 images; returns how many matched."""
+    import uuid
+
+    paths = listing.read_text().split()[:20]
+    same = 0
+    for path in paths:
+        data = Path(path).read_bytes()
+        boundary = uuid.uuid4().hex
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        labels = []
+        for proc in (service, baseline):
+            req = urllib.request.Request(
+                proc.url + "/predict", data=body, method="POST",
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )  # fmt: skip
+            with urllib.request.urlopen(req, timeout=30) as r:
+                labels.append(json.loads(r.read())["predictions"][0]["label"])
+        same += labels[0] == labels[1]
+    return same
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def table(runs: list[Run], baseline_rps: dict[int, Run]) -> str:
+    head = (
+        f"{'side':<9} {'conc':>4} {'files':>5} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>6} {'CPU ms/req':>10} {'x baseline req/s':>16}"
+    )
+    lines = [head, "-" * len(head)]
+    best = max((b.rps for b in baseline_rps.values()), default=0.0)
+    for r in runs:
+        base = baseline_rps.get(r.concurrency)
+        if r.side == "baseline" or base is None:
+            ratio = ""
+        elif r.files > 1:  # images/s against the baseline's best single-image req/s
+            ratio = f"{r.images_per_s / best:.2f}x img/s" if best else ""
+        else:
+            ratio = f"{r.rps / base.rps:.2f}x"
+        lines.append(
+            f"{r.side:<9} {r.concurrency:>4} {r.files:>5} {r.rps:>8.0f} {r.images_per_s:>9.0f} "
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {r.cpu_ms_per_request:>10.3f} "
+            f"{ratio:>16}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10, help="seconds per measurement")
+    ap.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per side")
+    ap.add_argument("--concurrency", default="1,16,64", help="comma list")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the sides N times; median")
+    ap.add_argument("--files", type=int, default=64, help="files per request for the batch row")
+    ap.add_argument("--files-concurrency", type=int, default=16)
+    ap.add_argument("--soak", type=int, default=0, help="then N more requests to the service")
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--client-core", type=int, default=1)
+    ap.add_argument("--images", type=int, default=1000, help="distinct test PNGs to rotate")
+    args = ap.parse_args()
+
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(
+                f"{tool} not found: apt-get install {'wrk' if tool == 'wrk' else 'util-linux'}"
+            )
+    OUT.mkdir(parents=True, exist_ok=True)
+    listing = export_pngs(args.images)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    core = args.client_core
+
+    baseline = start_baseline(args.server_core, 18780)
+    service = start_service(args.server_core, 18781)
+    report: dict[str, object] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cores": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+    try:
+        agree = check_agreement(service, baseline, listing)
+        print(f"agreement: {agree}/20 labels identical between service and baseline")
+        for proc in (baseline, service):
+            wrk(proc, listing, 16, 1, args.warmup, core)
+        rss_warm = {p.name: p.rss_mib() for p in (baseline, service)}
+
+        runs: list[Run] = []
+        for c in levels:
+            per_side: dict[str, list[Run]] = {"baseline": [], "service": []}
+            for _ in range(args.rounds):
+                for proc in (baseline, service):
+                    per_side[proc.name].append(wrk(proc, listing, c, 1, args.duration, core))
+            runs += [median_run(per_side["baseline"]), median_run(per_side["service"])]
+        base_by_c = {r.concurrency: r for r in runs if r.side == "baseline"}
+        batch = median_run(
+            [
+                wrk(service, listing, args.files_concurrency, args.files, args.duration, core)
+                for _ in range(args.rounds)
+            ]
+        )
+        rss_after = {p.name: p.rss_mib() for p in (baseline, service)}
+
+        print()
+        print(table([*runs, batch], base_by_c))
+        best_base = max(r.rps for r in base_by_c.values())
+        print(
+            f"\n{args.files} files/request at c={args.files_concurrency}: "
+            f"{batch.images_per_s:.0f} images/s = {batch.images_per_s / best_base:.1f}x the "
+            f"baseline's best single-image req/s ({best_base:.0f})"
+        )
+        print("\ncold start (process start -> ready):", end="")
+        for p in (baseline, service):
+            print(f"  {p.name} {p.cold_start_s:.2f} s", end="")
+        print("\nRSS MiB after warm-up -> after the run:", end="")
+        for p in (baseline, service):
+            print(f"  {p.name} {rss_warm[p.name]:.1f} -> {rss_after[p.name]:.1f}", end="")
+        print()
+        report |= {
+            "runs": [asdict(r) for r in [*runs, batch]],
+            "batch_vs_best_baseline": batch.images_per_s / best_base,
+            "cold_start_s": {p.name: p.cold_start_s for p in (baseline, service)},
+            "rss_mib_after_warmup": rss_warm,
+            "rss_mib_after_run": rss_after,
+            "label_agreement_of_20": agree,
+        }
+
+        if args.soak:
+            soak: list[dict[str, float]] = []
+            rss0 = service.rss_mib()
+            done = 0
+            print(f"\nsoak: {args.soak:,} requests to the service at c=64 (RSS {rss0:.1f} MiB)")
+            while done < args.soak:
+                r = wrk(service, listing, 64, 1, args.duration, core)
+                done += r.requests
+                soak.append({"requests": done, "rss_mib": service.rss_mib(), "errors": r.errors})
+                print(f"  {done:>8,} requests  RSS {soak[-1]['rss_mib']:.1f} MiB")
+            growth = (soak[-1]["rss_mib"] - rss0) / rss0 * 100
+            print(f"RSS after {done:,} requests: {soak[-1]['rss_mib']:.1f} MiB, {growth:+.1f}%")
+            report |= {"soak": soak, "soak_rss_start_mib": rss0, "soak_growth_pct": growth}
+    finally:
+        for p in (service, baseline):
+            p.stop()
+    report["loadavg_at_end"] = os.getloadavg()
+    path = OUT / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
