@@ -60,6 +60,9 @@ def export_model(
     weights = folder / WEIGHTS_NAME
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights))
+    # safetensors writes 0600; the weights must be readable by the (non-root) user that
+    # serves them, e.g. the container's uid 10001 reading a mounted models folder.
+    weights.chmod(0o644)
     manifest = Manifest(
         name=name,
         architecture=ArchitectureRef(name=architecture, config=arch_config),
