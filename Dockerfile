@@ -44,6 +44,14 @@ RUN set -eu; \
     pip install -r rest.txt; \
     pip check
 
+# 2. The models and the source, with modes that the non-root user can read whatever the
+#    checkout's were (safetensors writes its files 0600). No tests, data or dev tools come
+#    in: see .dockerignore.
+COPY models ./models
+COPY training ./training
+COPY app ./app
+RUN chmod -R u=rwX,go=rX models training app
+
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -61,12 +69,11 @@ RUN groupadd --system --gid 10001 app \
        --shell /usr/sbin/nologin app
 
 COPY --from=builder /opt/venv /opt/venv
-# The shipped models: weights and manifests only (training plots stay out: .dockerignore).
-COPY models /app/models
-# The source goes last: editing it rebuilds only these small layers. No tests, data or dev
-# tools come in (.dockerignore); app/ and training/ are imported from /app (PYTHONPATH).
-COPY training /app/training
-COPY app /app/app
+# The shipped models (weights and manifests; the training plots stay out), then the source,
+# imported from /app (PYTHONPATH). Editing the source rebuilds only these small layers.
+COPY --from=builder /src/models /app/models
+COPY --from=builder /src/training /app/training
+COPY --from=builder /src/app /app/app
 
 WORKDIR /app
 USER 10001:10001
