@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest models evaluate bench-train bench clean
+.PHONY: install serve test lint typecheck pytest models evaluate bench-train docker-smoke bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ evaluate: $(STAMP)  ## re-evaluate every shipped model on its full test split
 
 bench-train: $(STAMP)  ## time our training loop against the tutorial's, per shipped model
 	$(PY) bench/train_speed.py
+
+docker-smoke: $(STAMP)  ## build the images, run them and compose, POST real images (minutes)
+	PY=$(PY) deploy/smoke.sh
 
 bench: $(STAMP)  ## serving benchmark: the service vs a plain baseline, one core each (needs wrk)
 	$(PY) bench/run.py
