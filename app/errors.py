@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("app")
 
@@ -64,6 +65,13 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal server error")
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # The client hung up mid-upload: nobody will read an answer, and it is not our error.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(499, "client closed the request")
+
+
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServeError, _serve_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
