@@ -74,7 +74,7 @@ def spawn(env: dict[str, str] | None = None, port: int | None = None) -> Server:
     return Server(f"http://127.0.0.1:{port}", process)
 
 
-def wait_ready(server: Server, timeout: float = 60.0) -> None:
+def wait_ready(server: Server, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
