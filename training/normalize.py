@@ -5,9 +5,10 @@ recipe. A user's upload (a phone photo of a digit on paper, a scan, black ink on
 4000x3000 JPEG) is not; resizing it to the model's input gives the network something it has
 never seen. :func:`normalize` re-creates the dataset's own recipe on an 8-bit grayscale image:
 
-* polarity: when the background (the image's border) is lighter than the object, invert;
 * lighting: subtract the background, fitted as a smooth (quadratic) surface when the border
-  is uneven, and stretch the contrast so the object's ink reaches full white;
+  is uneven (a constant otherwise);
+* polarity: when the object is darker than the background, invert; then stretch the
+  contrast so the background's noise is black and the object's ink full white;
 * ``fit="digit"`` (MNIST's recipe): crop to the ink's bounding box, ignoring faint noise
   and specks; scale the longer side to 20 px keeping the aspect ratio; paste into 28x28 so
   the centre of mass lands in the centre;
@@ -70,7 +71,10 @@ FIT_FOR_DATASET: dict[str, Fit] = {"mnist": "digit", "fashion-mnist": "object"}
 
 def looks_dataset_shaped(gray: np.ndarray) -> bool:
     """28x28 and the background (the border) is darker than the object."""
-    return gray.shape == (CANVAS, CANVAS) and not _light_background(gray.astype(np.float32))
+    if gray.shape != (CANVAS, CANVAS):
+        return False
+    a = gray.astype(np.float32)
+    return not _light_background(a - float(np.median(_border(a))))
 
 
 def normalize(gray: np.ndarray, fit: Fit, mode: Mode = "auto") -> np.ndarray:
@@ -86,9 +90,9 @@ def normalize(gray: np.ndarray, fit: Fit, mode: Mode = "auto") -> np.ndarray:
         return gray
     recipe = RECIPES[fit]
     a = _shrink(gray).astype(np.float32)
-    if _light_background(a):
-        a = 255.0 - a
     a = a - _background(a, recipe.flatten)
+    if _light_background(a):
+        a = -a
     a = _stretch(a, recipe)
     mask = _object_mask(a, recipe.mask_level)
     if not mask.any():
@@ -113,11 +117,14 @@ def _border(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[:k].ravel(), a[-k:].ravel(), a[:, :k].ravel(), a[:, -k:].ravel()])
 
 
-def _light_background(a: np.ndarray) -> bool:
-    """The object is whichever side of the border's level has the longer tail."""
-    level = float(np.median(_border(a)))
-    low, high = np.percentile(a, [1, 99])
-    return bool(level - low > high - level)
+def _light_background(r: np.ndarray) -> bool:
+    """Is the object darker than the background? ``r`` is the image minus its background:
+    the object is the side with more mass beyond the noise (3 robust sigmas), however
+    few pixels it covers."""
+    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    above = np.clip(r - 3 * sigma, 0, None).sum()
+    below = np.clip(-r - 3 * sigma, 0, None).sum()
+    return bool(below > above)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -130,8 +137,9 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def _background(a: np.ndarray, flatten: bool) -> np.ndarray | float:
-    """The background level: a constant when the border is even, else a quadratic surface
-    fitted (twice, dropping the object's pixels) to the pixels below Otsu's threshold."""
+    """The background level: a constant (the border's median) when the border is even or
+    ``flatten`` is off, else a quadratic surface fitted robustly: refitted while dropping
+    pixels far from the fit (the object, dark or light)."""
     border = _border(a)
     low, high = np.percentile(border, [5, 95])
     if not flatten or high - low < 24:
@@ -139,17 +147,18 @@ def _background(a: np.ndarray, flatten: bool) -> np.ndarray | float:
     h, w = a.shape
     step = max(1, max(h, w) // 96)  # fit on a sparse grid: ~10k points at most
     ys, xs = np.mgrid[0:h:step, 0:w:step]
-    sample = a[::step, ::step]
     y, x = ys.ravel() / h - 0.5, xs.ravel() / w - 0.5
     design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)
-    values = sample.ravel()
-    keep = values <= _otsu(values)
-    for _ in range(2):
-        if keep.sum() < 6:
-            return float(np.median(border))
+    values = a[::step, ::step].ravel()
+    keep = np.ones(values.shape, bool)
+    for _ in range(4):
         coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
         residual = values - design @ coef
-        keep = residual <= _otsu(residual - residual.min()) + residual.min()
+        centre = float(np.median(residual[keep]))
+        sigma = 1.4826 * float(np.median(np.abs(residual[keep] - centre)))
+        keep = np.abs(residual - centre) <= 2.5 * max(sigma, 1.0)
+        if keep.sum() < 6:
+            return float(np.median(border))
     yy, xx = np.mgrid[0:h, 0:w]
     y2, x2 = yy / h - 0.5, xx / w - 0.5
     full: np.ndarray = np.stack([np.ones_like(x2), x2, y2, x2 * x2, x2 * y2, y2 * y2], -1) @ coef
@@ -160,13 +169,15 @@ def _stretch(a: np.ndarray, recipe: Recipe) -> np.ndarray:
     """Map the background's noise floor (read on the border) to 0 and the object's ink
     level to 255."""
     a = np.clip(a, 0.0, 255.0)
-    threshold = _otsu(a)
-    ink = a[a > threshold]
-    if ink.size == 0:
-        return np.zeros_like(a)
     border = _border(a)
     level = float(np.median(border))
     noise = 1.4826 * float(np.median(np.abs(border - level)))  # robust sigma of the border
+    # Otsu splits ink from paper when there is enough ink; on a photo with a small digit it
+    # may split the paper's noise instead, so the ink must also stand well clear of it.
+    threshold = max(_otsu(a), level + 6 * noise + 16)
+    ink = a[a > threshold]
+    if ink.size == 0:
+        return np.zeros_like(a)
     floor = min(level + 3 * noise, threshold / 2)
     top = (
         255.0 if recipe.ink_percentile is None else float(np.percentile(ink, recipe.ink_percentile))
