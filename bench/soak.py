@@ -60,11 +60,28 @@ def start_server(log: Path) -> Server:
     return Server(f"http://127.0.0.1:{port}", process)
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the worker processes, with MNIST_SERVE_WORKERS > 1)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            pids += _tree(int(child))
+    return pids
+
+
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    """Resident memory of the server: the process and all its workers together."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except FileNotFoundError:
+            continue
+        total += next(
+            int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmRSS:")
+        )
+    return total
 
 
 def malformed_corpus(png: bytes, jpeg: bytes, rng: random.Random) -> list[tuple[str, bytes, int]]:
@@ -194,6 +211,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> dict[str, object
     growth = (rss_end - rss_warm) / rss_warm
     result: dict[str, object] = {
         "url": url,
+        "server_processes": len(_tree(pid)),
         "duration_s": round(elapsed, 1),
         "concurrency": args.concurrency,
         "malformed_fraction": args.malformed,
