@@ -31,6 +31,13 @@ secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 log() { printf '\n== %s\n' "$*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 RESULTS=()
+CID=""           # the container under test: removed if the script stops early
+COMPOSE_DOWN=()  # the compose stack under test: taken down if the script stops early
+cleanup() {
+  [ -z "$CID" ] || docker rm -f "$CID" >/dev/null 2>&1 || true
+  [ ${#COMPOSE_DOWN[@]} -eq 0 ] || "${COMPOSE_DOWN[@]}" down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 result() { RESULTS+=("$*"); echo "-> $*"; }
 
 if [ -d "$DOCKER_TOOLS" ]; then
@@ -119,12 +126,14 @@ smoke_image() {
   t0=$(now)
   cid=$(docker run -d --network host --read-only --tmpfs /tmp \
     -e MNIST_SERVE_PORT="$PORT" -e MNIST_SERVE_DRAIN_DELAY_S=$DRAIN_DELAY "$image")
+  CID=$cid
   times=$(wait_healthy "$cid" "$t0")
   result "$variant docker run -> ready ${times% *} s, -> healthy ${times#* } s"
   echo "device: $(curl -fsS "$URL/models" | python3 -c 'import json,sys; print({m["name"]: m["device"] for m in json.load(sys.stdin)["models"]})')"
-  "$PY" deploy/smoke_client.py "$URL" || { docker rm -f "$cid" >/dev/null; fail "predictions"; }
+  "$PY" deploy/smoke_client.py "$URL" || fail "predictions"
   result "$variant $(sigterm_exit "$cid")"
   docker rm "$cid" >/dev/null
+  CID=""
 }
 
 smoke_compose() {
@@ -134,16 +143,18 @@ smoke_compose() {
   log "docker compose ${files[*]} up $build --wait (image mnist-serve:${MNIST_SERVE_IMAGE_TAG:-cpu})"
   export MNIST_SERVE_PORT=$PORT MNIST_SERVE_DRAIN_DELAY_S=$DRAIN_DELAY
   t0=$(now)
+  COMPOSE_DOWN=("${COMPOSE[@]}" "${files[@]}")
   compose "${files[@]}" up -d $build --wait
   result "compose up $build --wait (CPU variant, mnist-serve:${MNIST_SERVE_IMAGE_TAG:-cpu}): $(secs "$t0" "$(now)") s"
   cid=$(compose "${files[@]}" ps -q api)
   [ "$(docker inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ] || fail "compose: not healthy"
   [ -z "$(docker inspect -f '{{json .HostConfig.DeviceRequests}}' "$cid" | grep -i nvidia)" ] \
     || fail "compose CPU variant still reserves a GPU"
-  "$PY" deploy/smoke_client.py "$URL" || { compose "${files[@]}" down; fail "predictions"; }
+  "$PY" deploy/smoke_client.py "$URL" || fail "predictions"
   # `compose stop` (as `down` does): SIGTERM, and restart: unless-stopped leaves it stopped.
   result "compose $(sigterm_exit "$cid" "${COMPOSE[@]}" "${files[@]}" stop -t 30 api)"
   compose "${files[@]}" down
+  COMPOSE_DOWN=()
 }
 
 for step in "${STEPS[@]}"; do
