@@ -417,6 +417,7 @@ def test_requirements_helper_prints_pins_or_the_versions_given(
     assert requirements.main(["bogus"]) == 2
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_serving_imports_nothing_from_the_train_extras() -> None:
     """The image has no tqdm or matplotlib: the service must start without them."""
     code = (
