@@ -119,9 +119,10 @@ def _border(a: np.ndarray) -> np.ndarray:
 
 def _light_background(r: np.ndarray) -> bool:
     """Is the object darker than the background? ``r`` is the image minus its background:
-    the object is the side with more mass beyond the noise (3 robust sigmas), however
-    few pixels it covers."""
-    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    the object is the side with more mass beyond the background's noise (3 robust sigmas,
+    read on the border), however few pixels it covers."""
+    border = _border(r)
+    sigma = 1.4826 * float(np.median(np.abs(border - np.median(border))))
     above = np.clip(r - 3 * sigma, 0, None).sum()
     below = np.clip(-r - 3 * sigma, 0, None).sum()
     return bool(below > above)

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -230,8 +231,6 @@ def _free_port() -> int:
 @contextmanager
 def serve(models_dir: Path | None = None) -> Iterator[str]:
     """``python -m app`` on a free loopback port; yields its URL once ready."""
-    import httpx
-
     port = _free_port()
     env = {**os.environ, "MNIST_SERVE_HOST": "127.0.0.1", "MNIST_SERVE_PORT": str(port),
            "MNIST_SERVE_ACCESS_LOG": "false"}  # fmt: skip
@@ -266,20 +265,15 @@ def serve(models_dir: Path | None = None) -> Iterator[str]:
 
 
 def predict_files(
-    url: str, model: str, files: list[bytes], mode: str, batch: int = 32
+    client: httpx.Client, model: str, files: list[bytes], mode: str, batch: int = 32
 ) -> list[int]:
     """Class index the service gives each file (``batch`` files per request)."""
-    import httpx
-
     out: list[int] = []
-    with httpx.Client(base_url=url, timeout=120) as client:
-        for start in range(0, len(files), batch):
-            parts = [
-                ("file", (f"{i}", data)) for i, data in enumerate(files[start : start + batch])
-            ]
-            r = client.post("/predict", params={"model": model, "preprocess": mode}, files=parts)
-            r.raise_for_status()
-            out.extend(p["class_index"] for p in r.json()["predictions"])
+    for start in range(0, len(files), batch):
+        parts = [("file", (f"{i}", data)) for i, data in enumerate(files[start : start + batch])]
+        r = client.post("/predict", params={"model": model, "preprocess": mode}, files=parts)
+        r.raise_for_status()
+        out.extend(p["class_index"] for p in r.json()["predictions"])
     return out
 
 
@@ -293,14 +287,16 @@ class Row:
 
 def evaluate_folder(
     folder: Path,
-    url: str,
+    client: httpx.Client,
     modes: tuple[str, ...] = ("none", "auto"),
     kinds: list[str] | None = None,
 ) -> list[Row]:
-    """Accuracy of every loaded model of the right dataset on every kind, per mode."""
-    import httpx
+    """Accuracy of every loaded model of the right dataset on every kind, per mode.
 
-    models = httpx.get(f"{url}/models", timeout=30).json()["models"]
+    ``client`` talks to the service: an ``httpx.Client`` with its base URL, or a FastAPI
+    ``TestClient``.
+    """
+    models = client.get("/models").json()["models"]
     by_kind: dict[str, list[Sample]] = defaultdict(list)
     for s in read_labels(folder):
         if kinds is None or s.kind in kinds:
@@ -314,7 +310,7 @@ def evaluate_folder(
                 continue
             acc = {}
             for mode in modes:
-                pred = np.array(predict_files(url, m["name"], files, mode))
+                pred = np.array(predict_files(client, m["name"], files, mode))
                 acc[mode] = float((pred == labels).mean())
             rows.append(Row(kind, m["name"], len(samples), acc))
     return rows
@@ -361,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = tuple(args.modes.split(","))
     kinds = args.kinds.split(",") if args.kinds else None
     if args.url:
-        rows = evaluate_folder(args.data, args.url, modes, kinds)
+        with httpx.Client(base_url=args.url, timeout=120) as client:
+            rows = evaluate_folder(args.data, client, modes, kinds)
     else:
-        with serve(args.models_dir) as url:
-            rows = evaluate_folder(args.data, url, modes, kinds)
+        with serve(args.models_dir) as url, httpx.Client(base_url=url, timeout=120) as client:
+            rows = evaluate_folder(args.data, client, modes, kinds)
     print(format_table(rows, modes))
     return 0
 
