@@ -63,6 +63,19 @@ def test_tampered_weights_fail_the_checksum(folder: Path) -> None:
     _fails(folder, "checksum mismatch")
 
 
+def test_unreadable_weights(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As root every file is readable, so the permission error is simulated.
+    real_open = Path.open
+
+    def guarded(self: Path, *args, **kwargs):
+        if self.name == WEIGHTS_NAME:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded)
+    _fails(folder, "cannot read model.safetensors: Permission denied")
+
+
 def test_unknown_architecture(folder: Path) -> None:
     _edit_manifest(folder, lambda d: d["architecture"].update(name="resnet9000"))
     _fails(folder, "unknown architecture 'resnet9000'")

@@ -77,7 +77,12 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
     weights = folder / manifest.weights.file
     if not weights.is_file():
         raise ModelLoadError(folder, f"missing weights file {manifest.weights.file}")
-    actual = sha256_file(weights)
+    try:
+        actual = sha256_file(weights)
+    except OSError as exc:  # e.g. a file the service's user may not read
+        raise ModelLoadError(
+            folder, f"cannot read {manifest.weights.file}: {exc.strerror}"
+        ) from None
     if actual != manifest.weights.sha256:
         raise ModelLoadError(
             folder,
