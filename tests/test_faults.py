@@ -43,13 +43,20 @@ def uploads(mnist_test: Split) -> list[tuple[bytes, str]]:
 # ---------------------------------------------------------------------------- SIGTERM
 
 
-def test_sigterm_under_load_loses_no_accepted_request(uploads: list[tuple[bytes, str]]) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_load_loses_no_accepted_request(
+    uploads: list[tuple[bytes, str]], workers: int
+) -> None:
     """Readiness turns 503 first; the load (like a load balancer would) stops sending when
     it sees that; every request sent before gets its full, correct answer; a slow upload
     still in flight when the listener closes completes; the shutdown is graceful."""
     drain_delay = 2.0
     server = spawn(
-        {"MNIST_SERVE_DRAIN_DELAY_S": str(drain_delay), "MNIST_SERVE_DRAIN_TIMEOUT_S": "30"}
+        {
+            "MNIST_SERVE_DRAIN_DELAY_S": str(drain_delay),
+            "MNIST_SERVE_DRAIN_TIMEOUT_S": "30",
+            "MNIST_SERVE_WORKERS": str(workers),
+        }
     )
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
