@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -50,6 +53,19 @@ def _run_workers(settings: Settings, workers: int) -> int:
     return 1 if failed else 0
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM once it has shut down, so the process would die
+    of the signal (exit 143). A drained shutdown is a clean one: exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+
 def main() -> int:
     try:
         settings = Settings()
@@ -82,7 +98,7 @@ def main() -> int:
         access_log=settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     return exit_code
 

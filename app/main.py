@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from uvicorn.config import STARTUP_FAILURE
 
 from app.config import Settings
 from app.deps import RegistryDep
@@ -89,7 +91,11 @@ def create_app(
             await _load_models(registry, None)
             if registry.error is not None:
                 await asyncio.to_thread(registry.close)
-                raise StartupError(registry.error)
+                # The reason is already logged on one line. Raising here would make Starlette
+                # and uvicorn print a traceback per worker; leaving with uvicorn's start-up
+                # failure code makes the supervisor stop every worker and exit 1.
+                logging.shutdown()
+                os._exit(STARTUP_FAILURE)
         else:
             # Load in the background: the server answers probes (503) while models load.
             task = asyncio.create_task(_load_models(registry, on_fatal))
