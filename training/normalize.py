@@ -146,24 +146,28 @@ def _background(a: np.ndarray, flatten: bool) -> np.ndarray | float:
     if not flatten or high - low < 24:
         return float(np.median(border))
     h, w = a.shape
-    step = max(1, max(h, w) // 96)  # fit on a sparse grid: ~10k points at most
+    step = max(1, max(h, w) // 64)  # fit on a sparse grid: ~4k points at most
     ys, xs = np.mgrid[0:h:step, 0:w:step]
     y, x = ys.ravel() / h - 0.5, xs.ravel() / w - 0.5
     design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)
     values = a[::step, ::step].ravel()
     keep = np.ones(values.shape, bool)
     for _ in range(4):
-        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        d = design[keep]
+        coef = np.linalg.lstsq(d.T @ d, d.T @ values[keep], rcond=None)[0]  # 6x6 normal eqs.
         residual = values - design @ coef
         centre = float(np.median(residual[keep]))
         sigma = 1.4826 * float(np.median(np.abs(residual[keep] - centre)))
         keep = np.abs(residual - centre) <= 2.5 * max(sigma, 1.0)
         if keep.sum() < 6:
             return float(np.median(border))
-    yy, xx = np.mgrid[0:h, 0:w]
-    y2, x2 = yy / h - 0.5, xx / w - 0.5
-    full: np.ndarray = np.stack([np.ones_like(x2), x2, y2, x2 * x2, x2 * y2, y2 * y2], -1) @ coef
-    return full.astype(np.float32)
+    c = coef.astype(np.float32)
+    y2 = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
+    x2 = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
+    full: np.ndarray = (
+        c[0] + c[1] * x2 + c[2] * y2 + c[3] * x2 * x2 + c[4] * x2 * y2 + c[5] * y2 * y2
+    )
+    return full
 
 
 def _stretch(a: np.ndarray, recipe: Recipe) -> np.ndarray:
