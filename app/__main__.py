@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import uvicorn
@@ -47,8 +49,12 @@ def _run_workers(settings: Settings, workers: int) -> int:
         access_log=settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    # Metrics of all workers in one scrape (see app/metrics.py); a fresh folder per run, so
+    # counters never carry over from an earlier one.
+    with tempfile.TemporaryDirectory(prefix="mnist-serve-metrics-") as metrics_dir:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
     failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
     return 1 if failed else 0
 

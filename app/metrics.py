@@ -1,8 +1,23 @@
-"""Prometheus metrics, one registry per app instance."""
+"""Prometheus metrics, one registry per app instance.
+
+With several worker processes (``MNIST_SERVE_WORKERS`` > 1) each process counts on its own;
+``python -m app`` then sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, so
+prometheus-client keeps the values in files there and a scrape of any worker reports the
+sum over all of them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -31,8 +46,22 @@ class Metrics:
         self.images = Counter(
             "mnist_serve_images_classified", "Images classified", ["model"], registry=r
         )
-        self.models_loaded = Gauge("mnist_serve_models_loaded", "Models loaded", registry=r)
-        self.device = Info("mnist_serve_device", "Device the models run on", registry=r)
+        # Every worker loads the same models: the most any worker reports is the figure.
+        self.models_loaded = Gauge(
+            "mnist_serve_models_loaded", "Models loaded", registry=r, multiprocess_mode="max"
+        )
+        self.device = Gauge(
+            "mnist_serve_device_info", "Device the models run on (value 1)",
+            ["device"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: of this process, or summed over all workers."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
     def observe_batch(self, model: str, images: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(images)

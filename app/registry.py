@@ -103,7 +103,7 @@ class Registry:
             self.models[name] = ServingModel(loaded, engine)
             log.info("loaded %s (%s) on %s", name, loaded.manifest.architecture.name, device)
         self.metrics.models_loaded.set(len(self.models))
-        self.metrics.device.info({"device": str(device)})
+        self.metrics.device.labels(str(device)).set(1)
         self.ready = True
 
     def close(self) -> None:

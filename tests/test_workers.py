@@ -48,6 +48,10 @@ def test_two_workers_serve_and_drain_on_sigterm(mnist_test) -> None:
             assert r.status_code == 200
             assert r.json()["predictions"][0]["label"] == str(int(mnist_test.labels[0]))
         assert len(_serving_workers(server.process.pid)) == 2
+        # Whichever worker answers the scrape, it reports the requests of both.
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert 'mnist_serve_images_classified_total{model="mnist-lenet5"} 20.0' in metrics
+        assert "mnist_serve_models_loaded 1.0" in metrics
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
     finally:
