@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from training.normalize import normalize
 from training.preprocess import InputSpec, Preprocessor, image_to_uint8, to_grayscale
 
 SPEC32 = InputSpec(height=32, width=32, mean=[0.1307], std=[0.3081])
@@ -97,3 +98,33 @@ def test_image_to_uint8_layout() -> None:
     t = image_to_uint8(Image.fromarray(_ink()))
     assert t.dtype == torch.uint8
     assert t.shape == (1, 28, 28)
+
+
+def _one_by_one(pre: Preprocessor, image: Image.Image, mode: str) -> torch.Tensor:
+    """The per-image path as it was before from_images: one transform call per image."""
+    gray = np.asarray(to_grayscale(image), dtype=np.uint8)
+    return pre(image_to_uint8(normalize(gray, pre.spec.fit, mode)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fit", ["digit", "object", "none"])
+def test_batched_from_images_equals_image_by_image(mnist_test, fit: str) -> None:
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(mnist_test.images[i, 0].numpy()) for i in range(12)]
+    images.append(Image.fromarray(255 - mnist_test.images[12, 0].numpy()))  # ink on white
+    images.append(Image.fromarray(mnist_test.images[13, 0].numpy()).resize((112, 112)))
+    rgba = np.zeros((40, 30, 4), np.uint8)
+    rgba[8:32, 12:18] = [20, 20, 20, 255]  # dark strokes on a transparent canvas
+    images.append(Image.fromarray(rgba, "RGBA"))
+    images.append(Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB"))
+    for h, w in [(30, 40), (300, 200), (1, 1), (1, 300), (1200, 1000), (1200, 1000)]:
+        images.append(Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)))
+    order = rng.permutation(len(images))  # sizes interleaved, not grouped
+    images = [images[i] for i in order]
+    pre = Preprocessor(InputSpec(height=32, width=32, mean=[0.1307], std=[0.3081], fit=fit))
+    for mode in ["auto", "dataset", "none"]:
+        batch = pre.from_images(images, mode)  # type: ignore[arg-type]
+        expected = torch.stack([_one_by_one(pre, im, mode) for im in images])
+        assert batch.shape == (len(images), 1, 32, 32)
+        assert torch.equal(batch, expected), mode
+        assert torch.equal(pre.from_image(images[3], mode), expected[3])  # type: ignore[arg-type]
+    assert pre.from_images([]).shape == (0, 1, 32, 32)

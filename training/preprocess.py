@@ -1,13 +1,16 @@
 """The one image -> tensor path, built from a model's metadata.
 
 Training feeds its in-memory uint8 dataset tensors through :attr:`Preprocessor.transform`;
-the service feeds every upload through :meth:`Preprocessor.from_image`, which turns the
-image into the same kind of uint8 tensor and then calls the very same transform. No mean,
-std or input size is written anywhere else: they come from the model's :class:`InputSpec`.
+the service feeds its uploads through :meth:`Preprocessor.from_images` (one image:
+:meth:`Preprocessor.from_image`, the same path), which turns each image into the same kind
+of uint8 tensor and then calls the very same transform, once per group of equal-sized
+images. No mean, std or input size is written anywhere else: they come from the model's
+:class:`InputSpec`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -31,6 +34,11 @@ class InputSpec(BaseModel):
     # "digit" (MNIST's recipe), "object" (Fashion-MNIST's) or "none" (older manifests).
     fit: Fit = "none"
 
+
+# from_images holds back at most this many pixels of small images to transform them in
+# groups (28x28: 1,337 images); an image this large is transformed alone, at once (the
+# float copy of a batch costs 4 bytes a pixel).
+TRANSFORM_CHUNK_PIXELS = 1 << 20
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -107,7 +115,55 @@ class Preprocessor:
 
         ``mode`` picks the upload normalization (see :mod:`training.normalize`): ``auto``
         passes dataset-shaped images through unchanged and normalizes the rest, ``dataset``
-        always normalizes, ``none`` never does.
+        always normalizes, ``none`` never does. The same path as :meth:`from_images`.
         """
-        gray = np.asarray(to_grayscale(image), dtype=np.uint8)
-        return self(image_to_uint8(normalize(gray, self.spec.fit, mode)))
+        return self.from_images([image], mode)[0]
+
+    def to_array(self, image: Image.Image, mode: Mode = "auto") -> np.ndarray:
+        """The per-image half of the path: grayscale, then the upload normalization ->
+        an ``(H, W)`` uint8 array for :attr:`transform`."""
+        return normalize(np.asarray(to_grayscale(image), dtype=np.uint8), self.spec.fit, mode)
+
+    def from_images(self, images: Iterable[Image.Image], mode: Mode = "auto") -> torch.Tensor:
+        """Decoded images of any sizes and modes -> one ``(n, 1, height, width)`` batch.
+
+        Per image only what must be (:meth:`to_array`); then images of equal size are
+        stacked and go through :attr:`transform` together, once per group. The transform
+        computes every image of a batch independently, so the result equals the
+        image-by-image one, bit for bit (tests/test_preprocess.py).
+
+        ``images`` may be a generator (the service decodes each upload as it is consumed,
+        so a decoding error surfaces in upload order and a decoded image is dropped as soon
+        as it is reduced to its array). At most :data:`TRANSFORM_CHUNK_PIXELS` pixels are
+        held back for grouping: a larger image is transformed at once, alone, so 64 large
+        uploads never become one huge float tensor.
+        """
+        done: list[tuple[list[int], torch.Tensor]] = []
+        pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        held = 0
+
+        def flush() -> None:
+            for group in pending.values():
+                stacked = torch.from_numpy(np.stack([arr for _, arr in group]))  # a copy
+                done.append(([i for i, _ in group], self.transform(stacked.unsqueeze(1))))
+            pending.clear()
+
+        n = 0
+        for n, image in enumerate(images, 1):
+            arr = self.to_array(image, mode)
+            if arr.size >= TRANSFORM_CHUNK_PIXELS:
+                done.append(([n - 1], self.transform(image_to_uint8(arr).unsqueeze(0))))
+                continue
+            pending.setdefault(arr.shape, []).append((n - 1, arr))
+            held += arr.size
+            if held >= TRANSFORM_CHUNK_PIXELS:
+                flush()
+                held = 0
+        flush()
+        if len(done) == 1:
+            return done[0][1]  # one group, in upload order
+        spec = self.spec
+        out = torch.empty((n, spec.channels, spec.height, spec.width))
+        for indices, result in done:
+            out[indices] = result
+        return out

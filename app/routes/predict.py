@@ -120,9 +120,14 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
 def prepare(
     uploads: list[Upload], preprocessor: Preprocessor, max_pixels: int, mode: Mode = "auto"
 ) -> torch.Tensor:
-    """Decode and preprocess every upload -> one input batch (runs on the batch worker)."""
-    return torch.stack(
-        [preprocessor.from_image(decode(data, name, max_pixels), mode) for name, data in uploads]
+    """Decode and preprocess every upload -> one input batch (runs on the batch worker).
+
+    Each upload is decoded as :meth:`Preprocessor.from_images` consumes it, so the first
+    bad upload (in upload order) is the error, as before; the transform then runs once per
+    group of equal-sized images instead of once per image.
+    """
+    return preprocessor.from_images(
+        (decode(data, name, max_pixels) for name, data in uploads), mode
     )
 
 
