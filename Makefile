@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest models evaluate bench-train docker-smoke bench clean
+.PHONY: install serve test lint typecheck pytest models evaluate bench-train docker-smoke bench fonts realworld clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,17 @@ docker-smoke: $(STAMP)  ## build the images, run them and compose, POST real ima
 
 bench: $(STAMP)  ## serving benchmark: the service vs a plain baseline, one core each (needs wrk)
 	$(PY) bench/run.py
+
+# Handwriting fonts for the realistic upload set (Debian packages, ~1.4 MB); without them the
+# font-digit kind is skipped and its test skips cleanly.
+FONTS := fonts-dkg-handwriting fonts-bwht fonts-comic-neue fonts-dancingscript \
+         fonts-humor-sans fonts-breip fonts-kristi
+fonts:  ## install the handwriting fonts (needs root / apt-get)
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends $(FONTS)
+
+realworld: $(STAMP)  ## generate the realistic upload set and report accuracy, none vs auto
+	$(PY) -m training.realworld generate --per-kind 1000 --seed 0
+	$(PY) -m training.realworld evaluate --modes none,auto,dataset
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
