@@ -12,7 +12,7 @@ import zlib
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidImage, PayloadTooLarge, ServeError, UnsupportedMediaType
 
 # Compressed PNG metadata (zTXt/iTXt/iCCP) is inflated while the header is read. Pillow
 # allows 1 MiB per chunk and 64 MiB in all, per image; we need none of it, so the total is
@@ -107,16 +107,8 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
                 f"{name}: {kind} is not an image type we take (accepted: {', '.join(FORMATS)})"
             ) from None
         raise InvalidImage(f"{name}: not a decodable image") from None
-    except Image.DecompressionBombError:
-        raise PayloadTooLarge(f"{name}: image declares too many pixels") from None
-    except ValueError as exc:
-        if str(exc).startswith(_METADATA_BOMB):
-            raise PayloadTooLarge(
-                f"{name}: compressed metadata (text or ICC chunks) inflates past the limit"
-            ) from None
-        raise InvalidImage(f"{name}: corrupt image header") from None
-    except Exception:
-        raise InvalidImage(f"{name}: corrupt image header") from None
+    except Exception as exc:
+        raise _client_error(exc, name, "corrupt image header") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InvalidImage(f"{name}: image declares an empty size {width}x{height}")
@@ -129,14 +121,21 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         image.seek(0)  # animated GIF, multi-page TIFF: the first frame
         image.load()
         image.getexif()  # parse EXIF now, so a broken block is a 400 here
-    except Image.DecompressionBombError:
-        raise PayloadTooLarge(f"{name}: decompression bomb") from None
-    except ValueError as exc:
-        if str(exc).startswith(_METADATA_BOMB):
-            raise PayloadTooLarge(
-                f"{name}: compressed metadata (text or ICC chunks) inflates past the limit"
-            ) from None
-        raise InvalidImage(f"{name}: truncated or corrupt {image.format} image") from None
-    except Exception:
-        raise InvalidImage(f"{name}: truncated or corrupt {image.format} image") from None
+    except Exception as exc:
+        raise _client_error(exc, name, f"truncated or corrupt {image.format} image") from None
     return image
+
+
+def _client_error(exc: Exception, name: str, otherwise: str) -> ServeError:
+    """The 4xx for a Pillow failure on client bytes: bombs are 413, anything else 400.
+
+    Pillow raises every kind of exception on hostile data (OSError, SyntaxError, struct and
+    zlib errors...), so this is reached by a broad ``except`` around the parser/decoder.
+    """
+    if isinstance(exc, Image.DecompressionBombError):
+        return PayloadTooLarge(f"{name}: image declares too many pixels")
+    if isinstance(exc, ValueError) and str(exc).startswith(_METADATA_BOMB):
+        return PayloadTooLarge(
+            f"{name}: compressed metadata (text or ICC chunks) inflates past the limit"
+        )
+    return InvalidImage(f"{name}: {otherwise}")
