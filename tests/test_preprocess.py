@@ -128,3 +128,24 @@ def test_batched_from_images_equals_image_by_image(mnist_test, fit: str) -> None
         assert torch.equal(batch, expected), mode
         assert torch.equal(pre.from_image(images[3], mode), expected[3])  # type: ignore[arg-type]
     assert pre.from_images([]).shape == (0, 1, 32, 32)
+
+
+def test_fast_dataset_shaped_check_matches_its_definition(mnist_test, fashion_test) -> None:
+    from training.normalize import _looks_dataset_shaped_plain, looks_dataset_shaped
+
+    rng = np.random.default_rng(7)
+    arrays = []
+    for split in (mnist_test, fashion_test):
+        x = split.images[::3, 0].numpy()
+        arrays += list(x) + list(255 - x[:500])
+    for _ in range(2000):
+        level = int(rng.integers(0, 256))
+        a = np.full((28, 28), level) + rng.integers(-3, 4, (28, 28))  # even, noisy border
+        b = np.full((28, 28), level)
+        b[4:24, 6:20] = rng.integers(0, 256)  # one-level border, a block of another level
+        c = rng.normal(level, rng.integers(1, 80), (28, 28))
+        arrays += [np.clip(v, 0, 255).astype(np.uint8) for v in (a, b, c)]
+        arrays.append(rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    answers = [looks_dataset_shaped(a) for a in arrays]
+    assert answers == [_looks_dataset_shaped_plain(a) for a in arrays]
+    assert 0 < sum(answers) < len(arrays)
