@@ -1,10 +1,11 @@
 """Adaptive batching: the one place where requests become a batch for the model.
 
 Each model has a worker thread. A request hands it a *job*: a ``prepare`` function (decode
-and preprocess the uploads -> ``(n, C, H, W)`` inputs) and a ``finish`` function (that
-request's ``(n, classes)`` probabilities -> its response body). The worker takes everything
-queued, up to ``max_batch_size`` images, runs each job's ``prepare``, stacks the inputs,
-runs one forward pass and hands each job its rows through ``finish``. A lone request goes
+and preprocess the uploads -> ``(n, C, H, W)`` inputs, or their uint8 arrays for the
+model's transform) and a ``finish`` function (that request's ``(n, classes)`` probabilities
+-> its response body). The worker takes everything queued, up to ``max_batch_size`` images,
+runs each job's ``prepare``, runs the transform once over all the jobs' arrays, stacks the
+inputs, runs one forward pass and hands each job its rows through ``finish``. A lone request goes
 straight through with no added wait; under load, batches form from what arrived while the
 previous batch ran. A request's images are never split across passes, and a job whose
 ``prepare`` fails (a corrupt upload) fails alone: the others in its batch go on.
@@ -26,8 +27,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import numpy as np
 import torch
 
 from training.loader import LoadedModel
@@ -37,14 +39,20 @@ log = logging.getLogger("app.batching")
 R = TypeVar("R")
 
 
+# What a job's ``prepare`` returns: the ``(n, C, H, W)`` model inputs on the CPU, or the
+# images as ``(H, W)`` uint8 arrays still to go through the model's transform, which the
+# worker then runs once for every such job in the batch (Preprocessor.from_arrays).
+Prepared = torch.Tensor | list[np.ndarray]
+
+
 @dataclass
 class _Job:
-    prepare: Callable[[], torch.Tensor]  # -> (n, C, H, W) model inputs on the CPU
+    prepare: Callable[[], Prepared]
     finish: Callable[[torch.Tensor], Any]  # (n, classes) probabilities -> the result
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     size: int  # images in the job, known before it is prepared
-    inputs: torch.Tensor | None = None
+    inputs: Prepared | None = None
 
 
 def _resolve(future: asyncio.Future[Any], result: object, failed: bool) -> None:
@@ -83,13 +91,14 @@ class BatchEngine:
 
     async def submit(
         self,
-        prepare: Callable[[], torch.Tensor],
+        prepare: Callable[[], Prepared],
         finish: Callable[[torch.Tensor], R],
         size: int,
     ) -> R:
         """Run ``finish(probabilities)`` for ``size`` images from ``prepare()``, batched with
         whatever else is queued. Both functions run on the worker thread; an exception from
-        either is raised here."""
+        either is raised here. ``prepare`` returns the inputs, or uint8 arrays for the
+        model's preprocessor (see :data:`Prepared`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put(_Job(prepare, finish, future, loop, size))
@@ -154,10 +163,11 @@ class BatchEngine:
                 self._fail(job, exc)
                 continue
             ready.append(job)
+        ready = self._transform_arrays(ready)
         if not ready:
             return
         try:
-            parts = [j.inputs for j in ready if j.inputs is not None]
+            parts = [j.inputs for j in ready if isinstance(j.inputs, torch.Tensor)]
             inputs = parts[0] if len(parts) == 1 else torch.cat(parts)
             probs = self.forward(inputs)
         except Exception as exc:
@@ -176,6 +186,28 @@ class BatchEngine:
             else:
                 j.loop.call_soon_threadsafe(_resolve, j.future, result, False)
             start += n
+
+    def _transform_arrays(self, ready: list[_Job]) -> list[_Job]:
+        """Jobs that returned uint8 arrays get their inputs from one
+        :meth:`Preprocessor.from_arrays` call over all of them (one transform per image
+        size, not per request). Returns the jobs still to run."""
+        pending = [j for j in ready if isinstance(j.inputs, list)]
+        if not pending:
+            return ready
+        lists = [cast(list[np.ndarray], j.inputs) for j in pending]
+        arrays = [a for arrs in lists for a in arrs]
+        try:
+            inputs = self.loaded.preprocessor.from_arrays(arrays)
+        except Exception as exc:
+            log.exception("preprocessing failed for %s", self.loaded.name)
+            for j in pending:
+                self._fail(j, exc)
+            return [j for j in ready if not isinstance(j.inputs, list)]
+        start = 0
+        for j, arrs in zip(pending, lists, strict=True):
+            j.inputs = inputs[start : start + len(arrs)]
+            start += len(arrs)
+        return ready
 
     def _run(self) -> None:
         carry: _Job | None = None

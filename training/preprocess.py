@@ -127,16 +127,25 @@ class Preprocessor:
     def from_images(self, images: Iterable[Image.Image], mode: Mode = "auto") -> torch.Tensor:
         """Decoded images of any sizes and modes -> one ``(n, 1, height, width)`` batch.
 
-        Per image only what must be (:meth:`to_array`); then images of equal size are
-        stacked and go through :attr:`transform` together, once per group. The transform
+        Per image only what must be (:meth:`to_array`); then :meth:`from_arrays` stacks
+        images of equal size and runs :attr:`transform` once per group. The transform
         computes every image of a batch independently, so the result equals the
         image-by-image one, bit for bit (tests/test_preprocess.py).
 
-        ``images`` may be a generator (the service decodes each upload as it is consumed,
-        so a decoding error surfaces in upload order and a decoded image is dropped as soon
-        as it is reduced to its array). At most :data:`TRANSFORM_CHUNK_PIXELS` pixels are
-        held back for grouping: a larger image is transformed at once, alone, so 64 large
-        uploads never become one huge float tensor.
+        ``images`` may be a generator: each image is then reduced to its array as it is
+        consumed, so a decoding error surfaces in order and a decoded image is dropped at
+        once.
+        """
+        return self.from_arrays(self.to_array(image, mode) for image in images)
+
+    def from_arrays(self, arrays: Iterable[np.ndarray]) -> torch.Tensor:
+        """``(H, W)`` uint8 arrays of any sizes (from :meth:`to_array`) -> the
+        ``(n, 1, height, width)`` batch, in order: equal-sized arrays are stacked and
+        transformed together.
+
+        At most :data:`TRANSFORM_CHUNK_PIXELS` pixels are held back for grouping; a larger
+        array is transformed at once, alone, so 64 large uploads never become one huge
+        float tensor.
         """
         done: list[tuple[list[int], torch.Tensor]] = []
         pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
@@ -149,8 +158,7 @@ class Preprocessor:
             pending.clear()
 
         n = 0
-        for n, image in enumerate(images, 1):
-            arr = self.to_array(image, mode)
+        for n, arr in enumerate(arrays, 1):
             if arr.size >= TRANSFORM_CHUNK_PIXELS:
                 done.append(([n - 1], self.transform(image_to_uint8(arr).unsqueeze(0))))
                 continue
@@ -161,7 +169,7 @@ class Preprocessor:
                 held = 0
         flush()
         if len(done) == 1:
-            return done[0][1]  # one group, in upload order
+            return done[0][1]  # one group, in order
         spec = self.spec
         out = torch.empty((n, spec.channels, spec.height, spec.width))
         for indices, result in done:

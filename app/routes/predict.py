@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from functools import partial
+from itertools import chain
 from typing import Annotated
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic_core import to_json
@@ -17,7 +19,7 @@ from app.errors import InvalidImage, NoFile, PayloadTooLarge, UnsupportedMediaTy
 from app.imaging import decode
 from app.schemas import ErrorBody, PredictResponse
 from training.normalize import Mode
-from training.preprocess import Preprocessor
+from training.preprocess import TRANSFORM_CHUNK_PIXELS, Preprocessor
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
@@ -119,16 +121,27 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
 
 def prepare(
     uploads: list[Upload], preprocessor: Preprocessor, max_pixels: int, mode: Mode = "auto"
-) -> torch.Tensor:
-    """Decode and preprocess every upload -> one input batch (runs on the batch worker).
+) -> torch.Tensor | list[np.ndarray]:
+    """Decode and preprocess every upload (runs on the batch worker).
 
-    Each upload is decoded as :meth:`Preprocessor.from_images` consumes it, so the first
-    bad upload (in upload order) is the error, as before; the transform then runs once per
-    group of equal-sized images instead of once per image.
+    Uploads are decoded one by one, in order (the first bad one is the error). Each is
+    reduced to its uint8 array (:meth:`Preprocessor.to_array`); small ones are returned
+    as arrays, and the batch worker runs the model's transform once over the arrays of
+    every request in the batch (:meth:`Preprocessor.from_arrays`): a single-image request
+    no longer pays a transform call of its own. Past ``TRANSFORM_CHUNK_PIXELS`` pixels in
+    one request, the rest is transformed here as it is decoded, so large uploads are never
+    all held at once.
     """
-    return preprocessor.from_images(
-        (decode(data, name, max_pixels) for name, data in uploads), mode
-    )
+    arrays: list[np.ndarray] = []
+    held = 0
+    rest = iter(uploads)
+    for name, data in rest:
+        arrays.append(preprocessor.to_array(decode(data, name, max_pixels), mode))
+        held += arrays[-1].size
+        if held >= TRANSFORM_CHUNK_PIXELS:
+            more = (preprocessor.to_array(decode(d, n, max_pixels), mode) for n, d in rest)
+            return preprocessor.from_arrays(chain(arrays, more))
+    return arrays
 
 
 def render(model_name: str, classes: list[str], probs: torch.Tensor, top_k: int | None) -> bytes:
