@@ -104,10 +104,6 @@ class BatchEngine:
         self._queue.put(_Job(prepare, finish, future, loop, size))
         return await future
 
-    async def predict(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(n, classes)`` for ready inputs ``(n, C, H, W)``."""
-        return await self.submit(lambda: inputs, lambda probs: probs, len(inputs))
-
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """One forward pass on the model's device -> softmax probabilities on the CPU."""
         started = time.perf_counter()
