@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.config import Settings
 from app.errors import Unauthorized
 from app.registry import Registry
 
@@ -23,16 +24,23 @@ async def get_registry(request: Request) -> Registry:
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-async def require_api_key(request: Request, registry: RegistryDep) -> None:
+def check_api_key(settings: Settings, x_api_key: str | None, authorization: str | None) -> None:
     """With MNIST_SERVE_API_KEY set: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
-    expected = registry.settings.api_key
+    expected = settings.api_key
     if expected is None:
         return
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
+    given = x_api_key
+    auth = authorization or ""
     if given is None and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()
     if given is None or not secrets.compare_digest(
         given.encode(), expected.get_secret_value().encode()
     ):
         raise Unauthorized("missing or invalid API key")
+
+
+async def require_api_key(request: Request, registry: RegistryDep) -> None:
+    """The API-key check as a route dependency (``/models``); ``/predict`` calls
+    :func:`check_api_key` itself."""
+    headers = request.headers
+    check_api_key(registry.settings, headers.get("x-api-key"), headers.get("authorization"))

@@ -114,6 +114,8 @@ def create_app(
         lifespan=lifespan,
     )
     install_handlers(app)
+    # POST /predict: the lean ASGI endpoint first; predict.router only documents it.
+    app.router.routes.append(predict.predict_route())
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -6,8 +6,8 @@ Times, for 28x28 MNIST test PNGs and the shipped mnist-lenet5 preprocessing (one
 thread): decode, to_grayscale, the normalization's "dataset-shaped?" check, image_to_uint8,
 the transform on one image, ``from_image`` per image, ``from_images`` on 64 images (when the
 preprocessor has it), decode + preprocess of a whole 64-file request (the route's
-``prepare`` and the transform), multipart parsing of a 64-file body (Starlette's parser,
-as the route uses it) and JSON rendering of 64 rows.
+``prepare`` and the transform), multipart parsing of a 64-file body (app/uploads.py, as the
+route uses it), the forward pass at batch 64 and 1 and JSON rendering of 64 rows.
 Each figure is the best of ``--repeat`` runs, in microseconds per image.
 """
 
@@ -63,23 +63,20 @@ def _multipart(pngs: list[bytes]) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _parse_multipart(body: bytes, content_type: str) -> int:
-    from starlette.datastructures import Headers, UploadFile
-    from starlette.formparsers import MultiPartParser
-
-    async def stream() -> Any:
-        yield body
+def _parse_multipart(body: bytes, content_type: str, chunk: int = 65536) -> int:
+    """The service's multipart reader (app/uploads.py) over ``body`` in ``chunk``-byte
+    messages, as uvicorn delivers it."""
+    from app.uploads import read_multipart
 
     async def run() -> int:
-        headers = Headers({"content-type": content_type, "content-length": str(len(body))})
-        parser = MultiPartParser(headers, stream(), max_files=1000, max_fields=100)
-        form = await parser.parse()
-        n = 0
-        for _, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                n += len(await value.read())
-        await form.close()
-        return n
+        messages = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+
+        async def receive() -> dict[str, Any]:
+            data = messages.pop(0)
+            return {"type": "http.request", "body": data, "more_body": bool(messages)}
+
+        uploads = await read_multipart(content_type.encode(), receive, max_files=1000)
+        return sum(len(data) for _, data in uploads)
 
     return asyncio.run(run())
 
@@ -136,6 +133,20 @@ def main() -> None:
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x), dim=1)
     classes = loaded.manifest.classes
+    with torch.inference_mode():
+        rows.append(
+            (
+                "forward + softmax, batch of 64",
+                best_us(lambda: torch.softmax(loaded.model(x), 1), N, r, 20),
+            )
+        )
+        one = x[:1]
+        rows.append(
+            (
+                "forward + softmax, batch of 1",
+                best_us(lambda: torch.softmax(loaded.model(one), 1), 1, r, 200),
+            )
+        )
     rows.append(
         ("render JSON, 64 rows", best_us(lambda: render("m", classes, probs, None), N, r, 50))
     )

@@ -1,27 +1,40 @@
-"""``POST /predict``: images in, class probabilities out."""
+"""``POST /predict``: images in, class probabilities out.
+
+The requests are served by :class:`PredictEndpoint`, a plain ASGI route: on one core,
+FastAPI's per-request machinery (the ``Request``, dependency solving, two exit stacks)
+plus Starlette's form parser were more than half of a single-image request
+(bench/RESULTS.md). It still runs inside the app's middleware (metrics, body limit) and
+exception handlers, so its errors are the same JSON as everywhere else. Its OpenAPI
+operation comes from :func:`predict`, the declaration FastAPI documents, which is mounted
+after it and so never receives a request; tests/test_service.py and the schemathesis run
+in tests/test_fuzz.py check the two agree.
+"""
 
 from __future__ import annotations
 
 from functools import partial
 from itertools import chain
-from typing import Annotated
+from typing import Annotated, NoReturn
+from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import to_json
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
-from app.config import Settings
-from app.deps import RegistryDep, require_api_key
-from app.errors import InvalidImage, NoFile, PayloadTooLarge, UnsupportedMediaType
+from app.deps import check_api_key
 from app.imaging import decode
+from app.registry import Registry
 from app.schemas import ErrorBody, PredictResponse
+from app.uploads import Upload, read_uploads
 from training.normalize import Mode
 from training.preprocess import TRANSFORM_CHUNK_PIXELS, Preprocessor
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["predict"])
 
 _BODY_DOC = {
     "requestBody": {
@@ -57,8 +70,6 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     }.items()
 }
 
-Upload = tuple[str, bytes]  # (name for messages, bytes)
-
 _PREPROCESS_DOC = (
     "How uploads are made to look like the model's dataset before the model's own resize "
     "and normalization (the recipe is the model's `input.fit`, see docs/real-world.md). "
@@ -71,52 +82,22 @@ _PREPROCESS_DOC = (
 )
 
 
-def _label(filename: str | None, index: int) -> str:
-    name = (filename or "").strip()[:100]
-    return f"file #{index} ({name!r})" if name else f"file #{index}"
+class PredictQuery(BaseModel):
+    """The query parameters of ``POST /predict``."""
+
+    model: str | None = Field(None, description="Model name; default model if absent")
+    top_k: int | None = Field(None, ge=1, description="Also list the K best classes")
+    preprocess: Mode = Field("auto", description=_PREPROCESS_DOC)
 
 
-async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
-    """The request's images: multipart parts named ``file``, or one raw ``image/*`` body."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media == "multipart/form-data":
-        parser = MultiPartParser(
-            request.headers, request.stream(), max_files=settings.max_files,
-            max_fields=100, max_part_size=settings.max_body_bytes,
-        )  # fmt: skip
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            if exc.message.startswith("Too many files"):
-                raise PayloadTooLarge(
-                    f"too many files: at most {settings.max_files} per request"
-                ) from None
-            raise InvalidImage(f"malformed multipart body: {exc.message}") from None
-        uploads: list[Upload] = []
-        try:
-            for key, value in form.multi_items():
-                if key != "file":
-                    continue
-                index = len(uploads) + 1
-                if not isinstance(value, UploadFile):
-                    raise NoFile(f"{_label(None, index)}: the 'file' part must be a file upload")
-                uploads.append((_label(value.filename, index), await value.read()))
-        finally:
-            await form.close()
-        if not uploads:
-            raise NoFile("no part named 'file' in the multipart body")
-        return uploads
-    if media.startswith("image/"):
-        return [("body", await request.body())]
-    if not media:
-        if not await request.body():
-            raise NoFile(
-                "no image: send multipart/form-data with 'file' parts, or a raw image/* body"
-            )
-        raise UnsupportedMediaType("missing Content-Type: use multipart/form-data or image/*")
-    raise UnsupportedMediaType(
-        f"Content-Type {media} is not accepted: use multipart/form-data or image/*"
-    )
+def parse_query(query_string: bytes) -> PredictQuery:
+    """The query string -> :class:`PredictQuery`; a bad value is FastAPI's usual 422."""
+    params = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    try:
+        return PredictQuery.model_validate(params)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in errors]) from None
 
 
 def prepare(
@@ -167,6 +148,60 @@ def render(model_name: str, classes: list[str], probs: torch.Tensor, top_k: int 
     return to_json({"model": model_name, "predictions": predictions})
 
 
+class PredictEndpoint:
+    """``POST /predict`` as a plain ASGI app (see the module docstring)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        registry: Registry = scope["app"].state.registry
+        settings = registry.settings
+        headers = dict(scope["headers"])  # the last of a repeated header wins, as in FastAPI
+        key, auth = headers.get(b"x-api-key"), headers.get(b"authorization")
+        check_api_key(
+            settings,
+            None if key is None else key.decode("latin-1"),
+            None if auth is None else auth.decode("latin-1"),
+        )
+        query = parse_query(scope.get("query_string", b""))
+        serving = registry.get(query.model)
+        uploads = await read_uploads(headers.get(b"content-type", b""), receive, settings.max_files)
+        loaded = serving.loaded
+        # One hop: the batch worker decodes, preprocesses, batches, runs and renders.
+        body = await serving.engine.submit(
+            partial(
+                prepare, uploads, loaded.preprocessor, settings.max_image_pixels, query.preprocess
+            ),
+            partial(render, serving.name, loaded.manifest.classes, top_k=query.top_k),
+            len(uploads),
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _PredictRoute(Route):
+    """A Starlette route that, like FastAPI's, names itself in ``scope["route"]`` (the
+    request metrics are labelled by route template)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+def predict_route() -> Route:
+    """The route that serves ``POST /predict``; mount it before :data:`router`."""
+    return _PredictRoute("/predict", PredictEndpoint(), methods=["POST"], include_in_schema=False)
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -174,23 +209,7 @@ def render(model_name: str, classes: list[str], probs: torch.Tensor, top_k: int 
     responses=_ERRORS,
     openapi_extra=_BODY_DOC,
 )
-async def predict(
-    request: Request,
-    registry: RegistryDep,
-    model: Annotated[str | None, Query(description="Model name; default model if absent")] = None,
-    top_k: Annotated[int | None, Query(ge=1, description="Also list the K best classes")] = None,
-    preprocess: Annotated[Mode, Query(description=_PREPROCESS_DOC)] = "auto",
-) -> Response:
+async def predict(query: Annotated[PredictQuery, Query()]) -> NoReturn:
     """Classify one or more uploaded images: one prediction per file, in upload order."""
-    serving = registry.get(model)
-    uploads = await read_uploads(request, registry.settings)
-    preprocessor = serving.loaded.preprocessor
-    limit = registry.settings.max_image_pixels
-    classes = serving.loaded.manifest.classes
-    # One hop: the batch worker decodes, preprocesses, batches, runs and renders.
-    body = await serving.engine.submit(
-        partial(prepare, uploads, preprocessor, limit, preprocess),
-        partial(render, serving.name, classes, top_k=top_k),
-        len(uploads),
-    )
-    return Response(body, media_type="application/json")
+    # The OpenAPI declaration of PredictEndpoint, which create_app mounts in front of it.
+    raise AssertionError("POST /predict is served by PredictEndpoint")

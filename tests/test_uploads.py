@@ -1,0 +1,167 @@
+"""app/uploads.py: the request body -> uploads, without a web framework in the way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect
+
+from app.errors import InvalidImage, NoFile, PayloadTooLarge, ServeError, UnsupportedMediaType
+from app.uploads import MAX_FIELDS, disposition, read_uploads
+
+BOUNDARY = "b0undary-xyz"
+CTYPE = f"multipart/form-data; boundary={BOUNDARY}".encode()
+
+
+def part(name: str, data: bytes, filename: str | None = "x.png", extra: str = "") -> bytes:
+    disp = f'form-data; name="{name}"' + (
+        f'; filename="{filename}"' if filename is not None else ""
+    )
+    head = f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n{extra}Content-Type: image/png\r\n\r\n"
+    return head.encode() + data + b"\r\n"
+
+
+def body(*parts: bytes) -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def read(
+    data: bytes, ctype: bytes = CTYPE, chunk: int = 1 << 16, max_files: int = 64
+) -> list[tuple[str, bytes]]:
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+    return asyncio.run(read_uploads(ctype, receive, max_files))
+
+
+def test_file_parts_in_order_with_their_names() -> None:
+    payload = body(
+        part("file", b"one", "a.png"),
+        part("comment", b"ignored", None),
+        part("other", b"not an image field", "b.png"),
+        part("file", b"\r\n--not-the-boundary\r\n", "c d.png"),
+        part("file", b"", ""),
+    )
+    assert read(payload) == [
+        ("file #1 ('a.png')", b"one"),
+        ("file #2 ('c d.png')", b"\r\n--not-the-boundary\r\n"),
+        ("file #3", b""),  # an empty file: decode() answers it (400)
+    ]
+
+
+def test_a_file_field_that_is_not_a_file_is_422() -> None:
+    with pytest.raises(NoFile, match="file #2: the 'file' part must be a file upload"):
+        read(body(part("file", b"x"), part("file", b"plain text", None)))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1000])
+def test_any_chunking_of_the_body_reads_the_same(chunk: int) -> None:
+    data = [bytes(range(256)) * 3, b"\r\n--" + BOUNDARY.encode() + b"x", b"last"]
+    payload = body(*(part("file", d, f"{i}.png") for i, d in enumerate(data)))
+    assert [d for _, d in read(payload, chunk=chunk)] == data
+
+
+def test_too_many_files_is_413_before_the_rest_is_read() -> None:
+    payload = body(*(part("file", b"x") for _ in range(5)))
+    assert len(read(payload, max_files=5)) == 5
+    with pytest.raises(PayloadTooLarge, match="at most 4"):
+        read(payload, max_files=4)
+    # Files under another name count too: they are still uploads the server receives.
+    with pytest.raises(PayloadTooLarge):
+        read(body(part("file", b"x"), *(part("junk", b"x") for _ in range(4))), max_files=4)
+
+
+def test_fields_are_bounded() -> None:
+    fields = [part(f"f{i}", b"v", None) for i in range(MAX_FIELDS)]
+    assert read(body(part("file", b"x"), *fields)) == [("file #1 ('x.png')", b"x")]
+    with pytest.raises(InvalidImage, match="non-file fields"):
+        read(body(part("file", b"x"), *fields, part("one-more", b"v", None)))
+
+
+@pytest.mark.parametrize(
+    ("payload", "ctype", "error", "text"),
+    [
+        (body(part("x", b"y", None)), CTYPE, NoFile, "no part named 'file'"),
+        (body(), CTYPE, NoFile, "no part named 'file'"),
+        (b"not multipart at all", CTYPE, InvalidImage, "malformed multipart"),
+        (body(part("file", b"x")), b"multipart/form-data", InvalidImage, "missing boundary"),
+        (
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n--{BOUNDARY}--".encode(),
+            CTYPE,
+            InvalidImage,
+            'no Content-Disposition "name"',
+        ),
+        (f"--{BOUNDARY}\r\nno colon here\r\n\r\n".encode(), CTYPE, InvalidImage, "malformed"),
+        (b"x", b"text/plain", UnsupportedMediaType, "text/plain is not accepted"),
+        (b"x", b"", UnsupportedMediaType, "missing Content-Type"),
+        (b"", b"", NoFile, "no image"),
+    ],
+)
+def test_bad_bodies_are_client_errors(
+    payload: bytes, ctype: bytes, error: type[ServeError], text: str
+) -> None:
+    with pytest.raises(error, match=text) as caught:
+        read(payload, ctype)
+    assert 400 <= caught.value.status_code < 500
+
+
+def test_a_raw_image_body() -> None:
+    assert read(b"\x89PNG...", b"image/png", chunk=3) == [("body", b"\x89PNG...")]
+
+
+def test_a_client_that_hangs_up_mid_body() -> None:
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body(part("file", b"x"))[:20], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(read_uploads(CTYPE, receive, 64))
+
+
+_plain = st.text(
+    st.characters(codec="latin-1", exclude_characters='"\\\r\n', exclude_categories=["Cc"]),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_plain, filename=st.none() | _plain, space=st.booleans())
+def test_the_fast_content_disposition_reading_equals_python_multipart(
+    name: str, filename: str | None, space: bool
+) -> None:
+    sep = "; " if space else ";"
+    value = f'form-data{sep}name="{name}"' + (
+        "" if filename is None else f'{sep}filename="{filename}"'
+    )
+    raw = value.encode("latin-1")
+    _, options = parse_options_header(raw)
+    assert disposition(raw) == (options.get(b"name"), options.get(b"filename"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'form-data; name="file"; filename="C:\\\\photos\\\\a.png"',
+        b'form-data; name="fi\\"le"; filename="a.png"',
+        b'form-data; filename="a.png"; name="file"',
+        b"form-data; name=file; filename=a.png",
+        b'FORM-DATA; name="file"; filename="a;b.png"',
+        b"form-data; name=\"file\"; filename*=UTF-8''%E2%82%AC.png",
+        b"form-data",
+        b"",
+    ],
+)
+def test_other_content_dispositions_read_as_python_multipart_reads_them(value: bytes) -> None:
+    _, options = parse_options_header(value)
+    assert disposition(value) == (options.get(b"name"), options.get(b"filename"))
