@@ -72,8 +72,12 @@ class BatchEngine:
         max_batch_size: int,
         max_batch_delay_ms: float = 0.0,
         observe: Callable[[str, int, float], None] | None = None,
+        model: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.loaded = loaded
+        # What runs the forward pass: the loaded model, or an optimized form of it
+        # (app/optimize.py).
+        self.model = loaded.model if model is None else model
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
         self._observe = observe
@@ -112,7 +116,7 @@ class BatchEngine:
             if self._pinned:
                 x = x.pin_memory().to(self.loaded.device, non_blocking=True)
             # .cpu() waits for the stream, so the probabilities are complete here.
-            probs = torch.softmax(self.loaded.model(x).float(), dim=1).cpu()
+            probs = torch.softmax(self.model(x).float(), dim=1).cpu()
         if self._observe is not None:
             self._observe(self.loaded.name, int(inputs.shape[0]), time.perf_counter() - started)
         return probs

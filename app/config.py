@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # intra-op thread to pay for its hand-offs, and the cores are better spent on more
     # worker processes (each has its own event loop and GIL). Measured in bench/RESULTS.md.
     torch_threads: int | None = Field(None, ge=1)
+    # On the CPU, serve each model as TorchScript optimized for inference (oneDNN
+    # convolutions with prepacked weights): ~2x faster forward passes (app/optimize.py).
+    optimize: bool = True
     # Server worker processes sharing the port; each loads the models and has its own batch
     # workers. Default: on the CPU one per usable core (the HTTP and decode work is
     # GIL-bound, so processes, not threads, are what scale it); on a GPU half the usable

@@ -1,7 +1,15 @@
-"""Upload bytes -> a decoded Pillow image, with the format and pixel limits applied.
+"""Upload bytes -> a decoded image, with the format and pixel limits applied.
 
 The format is sniffed from the bytes (never the file name or the declared type), and the
 pixel count is read from the header and checked *before* any pixel is decoded.
+
+Pillow decodes every format. The one exception is the upload this service sees most, a
+plain 8-bit grayscale PNG (what MNIST-style clients send: no transparency, no EXIF, no
+text chunks, which could change what the image means): libspng (pyspng) decodes it
+straight to the ``(H, W)`` uint8 array Pillow's path would end in, in ~5 us instead of
+~25 us plus the grayscale conversion (bench/RESULTS.md). The two paths give the same
+pixels (tests/test_imaging.py checks every MNIST and Fashion-MNIST test image and
+generated edge cases); the CRC and size checks run before either.
 """
 
 from __future__ import annotations
@@ -10,9 +18,12 @@ import io
 import struct
 import zlib
 
+import numpy as np
+import pyspng
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge, ServeError, UnsupportedMediaType
+from training.preprocess import Decoded
 
 # Compressed PNG metadata (zTXt/iTXt/iCCP) is inflated while the header is read. Pillow
 # allows 1 MiB per chunk and 64 MiB in all, per image; we need none of it, so the total is
@@ -72,32 +83,79 @@ def _sniff_unsupported(data: bytes) -> str | None:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_png_crcs(data: bytes, name: str) -> None:
+def _check_png_crcs(data: bytes, name: str) -> list[bytes] | None:
     """Pillow skips the CRCs of pixel-data chunks; a PNG whose data fails its checksum is
     corrupt, and we say so rather than classify damaged pixels. Chunks that run past the
-    end of the upload are left to the decoder (a truncated-file error)."""
+    end of the upload are left to the decoder (a truncated-file error).
+
+    Returns the chunk types up to IEND, or None when the file ends before IEND.
+    """
     at = len(_PNG_SIGNATURE)
+    kinds: list[bytes] = []
     while at + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, at)
         end = at + 8 + length
         if end + 4 > len(data):
-            return
+            return None
         kind = data[at + 4 : at + 8]
         (crc,) = struct.unpack_from(">I", data, end)
         if zlib.crc32(memoryview(data)[at + 4 : end]) != crc:
             label = kind.decode("latin-1") if kind.isalpha() else repr(kind)
             raise InvalidImage(f"{name}: PNG {label} chunk fails its CRC check (corrupt file)")
+        kinds.append(kind)
         if kind == b"IEND":
-            return  # anything after the image end is ignored, as by every viewer
+            return kinds  # anything after the image end is ignored, as by every viewer
         at = end + 4
+    return None
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode the first frame of ``data``. Raises a 400/413/415 :class:`ServeError`."""
+# Chunks that do not change what a grayscale PNG's pixels mean to Pillow (colour-space
+# and size hints). Anything else (tRNS transparency, eXIf orientation, text that can
+# hold EXIF or XMP, APNG frames, ...) sends the upload down Pillow's path.
+_PLAIN_CHUNKS = frozenset(
+    {b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"tIME"}
+)
+
+
+def _is_plain_gray8(data: bytes, kinds: list[bytes]) -> bool:
+    # IHDR is the first chunk (offset 8): width, height, bit depth, colour type (0 = gray).
+    return kinds[0] == b"IHDR" and data[24:26] == b"\x08\x00" and _PLAIN_CHUNKS.issuperset(kinds)
+
+
+def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"{name}: image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{name}: {width}x{height} = {width * height:,} pixels is over the limit "
+            f"of {max_pixels:,}"
+        )
+
+
+def _decode_plain_gray8(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    width, height = struct.unpack_from(">II", data, 16)
+    _check_size(width, height, name, max_pixels)
+    try:
+        pixels: np.ndarray = pyspng.load(data)
+    except Exception:  # libspng's errors on corrupt data (RuntimeError)
+        raise InvalidImage(f"{name}: truncated or corrupt PNG image") from None
+    if pixels.shape != (height, width) or pixels.dtype != np.uint8:
+        raise InvalidImage(f"{name}: truncated or corrupt PNG image")
+    return pixels
+
+
+def decode(data: bytes, name: str, max_pixels: int) -> Decoded:
+    """Decode the first frame of ``data``. Raises a 400/413/415 :class:`ServeError`.
+
+    Returns a Pillow image, or for a plain 8-bit grayscale PNG its ``(H, W)`` uint8
+    pixels (see the module docstring); :meth:`Preprocessor.to_array` takes both.
+    """
     if not data:
         raise InvalidImage(f"{name}: empty file")
     if data.startswith(_PNG_SIGNATURE):
-        _check_png_crcs(data, name)
+        kinds = _check_png_crcs(data, name)
+        if kinds is not None and _is_plain_gray8(data, kinds):
+            return _decode_plain_gray8(data, name, max_pixels)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
@@ -109,14 +167,7 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise InvalidImage(f"{name}: not a decodable image") from None
     except Exception as exc:
         raise _client_error(exc, name, "corrupt image header") from None
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise InvalidImage(f"{name}: image declares an empty size {width}x{height}")
-    if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"{name}: {width}x{height} = {width * height:,} pixels is over the limit "
-            f"of {max_pixels:,}"
-        )
+    _check_size(*image.size, name, max_pixels)
     try:
         image.seek(0)  # animated GIF, multi-page TIFF: the first frame
         image.load()

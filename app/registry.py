@@ -11,6 +11,7 @@ from app.batching import BatchEngine
 from app.config import Settings
 from app.errors import ModelNotFound, NotReady
 from app.metrics import Metrics
+from app.optimize import Forward, optimized_for_cpu
 from training.device import resolve_device
 from training.loader import LoadedModel, ModelLoadError, discover, load_model
 
@@ -95,10 +96,18 @@ class Registry:
                     f"model folder {folders[name]}: manifest name {loaded.name!r} "
                     "differs from the folder name"
                 )
-            engine = BatchEngine(loaded, batch, s.max_batch_delay_ms, self.metrics.observe_batch)
             spec = loaded.manifest.input
+            shape = (spec.channels, spec.height, spec.width)
+            model: Forward = loaded.model
+            if device.type == "cpu" and s.optimize:
+                example = torch.randn(8, *shape, generator=torch.Generator().manual_seed(0))
+                model = optimized_for_cpu(loaded.model, example, name)
+            engine = BatchEngine(
+                loaded, batch, s.max_batch_delay_ms, self.metrics.observe_batch, model
+            )
             with torch.inference_mode():  # warm-up: first-call allocations happen now
-                loaded.model(torch.zeros(1, spec.channels, spec.height, spec.width, device=device))
+                for size in (1, batch):
+                    model(torch.zeros(size, *shape, device=device))
             engine.start()
             self.models[name] = ServingModel(loaded, engine)
             log.info("loaded %s (%s) on %s", name, loaded.manifest.architecture.name, device)

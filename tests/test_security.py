@@ -311,7 +311,7 @@ def test_an_unexpected_error_is_a_bare_500_with_the_traceback_only_in_the_log(
         def broken(*args: object, **kwargs: object) -> object:
             raise RuntimeError(f"boom in {REPO / 'app' / 'secret.py'}")
 
-        serving.loaded.model.forward = broken  # the network itself fails
+        serving.engine.model = broken  # the network itself fails
         with caplog.at_level(logging.ERROR, logger="app"):
             response = c.post("/predict", files={"file": ("a.png", PNG, "image/png")})
         assert response.status_code == 500

@@ -386,7 +386,7 @@ def test_unexpected_errors_are_a_generic_500(
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("secret internal detail /work/main")
 
-    monkeypatch.setattr(serving.loaded, "model", broken)
+    monkeypatch.setattr(serving.engine, "model", broken)
     client = TestClient(small_client.app, raise_server_exceptions=False)
     r = client.post("/predict", files=_files(encode(mnist_test.images[0])))
     assert r.status_code == 500

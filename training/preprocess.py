@@ -47,6 +47,12 @@ def _scale_to_uint8(arr: np.ndarray, full_scale: float) -> np.ndarray:
     return np.clip(np.rint(arr.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
 
 
+# A decoded image: a Pillow image of any mode, or the ``(H, W)`` uint8 pixels of an upright
+# 8-bit grayscale one (the same as ``np.asarray(image)`` of an "L" image; what the
+# service's fast PNG decoder returns, app/imaging.py).
+Decoded = Image.Image | np.ndarray
+
+
 def to_grayscale(image: Image.Image) -> Image.Image:
     """Any decoded image -> an upright 8-bit grayscale ('L') image.
 
@@ -110,7 +116,7 @@ class Preprocessor:
         """uint8 ``(N, 1, H, W)`` (or float in [0, 1]) -> the model's input batch."""
         return self.transform(images)  # type: ignore[no-any-return]
 
-    def from_image(self, image: Image.Image, mode: Mode = "auto") -> torch.Tensor:
+    def from_image(self, image: Decoded, mode: Mode = "auto") -> torch.Tensor:
         """A decoded image of any size and mode -> one ``(1, height, width)`` model input.
 
         ``mode`` picks the upload normalization (see :mod:`training.normalize`): ``auto``
@@ -119,12 +125,19 @@ class Preprocessor:
         """
         return self.from_images([image], mode)[0]
 
-    def to_array(self, image: Image.Image, mode: Mode = "auto") -> np.ndarray:
+    def to_array(self, image: Decoded, mode: Mode = "auto") -> np.ndarray:
         """The per-image half of the path: grayscale, then the upload normalization ->
-        an ``(H, W)`` uint8 array for :attr:`transform`."""
-        return normalize(np.asarray(to_grayscale(image), dtype=np.uint8), self.spec.fit, mode)
+        an ``(H, W)`` uint8 array for :attr:`transform`. An array is taken as the
+        pixels of an upright 8-bit grayscale image (see :data:`Decoded`)."""
+        if isinstance(image, np.ndarray):
+            if image.ndim != 2 or image.dtype != np.uint8:
+                raise ValueError(f"expected (H, W) uint8 grayscale pixels, got {image.dtype}")
+            gray = image
+        else:
+            gray = np.asarray(to_grayscale(image), dtype=np.uint8)
+        return normalize(gray, self.spec.fit, mode)
 
-    def from_images(self, images: Iterable[Image.Image], mode: Mode = "auto") -> torch.Tensor:
+    def from_images(self, images: Iterable[Decoded], mode: Mode = "auto") -> torch.Tensor:
         """Decoded images of any sizes and modes -> one ``(n, 1, height, width)`` batch.
 
         Per image only what must be (:meth:`to_array`); then :meth:`from_arrays` stacks
