@@ -3,11 +3,13 @@
     taskset -c 0 .venv/bin/python bench/micro.py [--repeat 7]
 
 Times, for 28x28 MNIST test PNGs and the shipped mnist-lenet5 preprocessing (one torch
-thread): decode, to_grayscale, the normalization's "dataset-shaped?" check, image_to_uint8,
-the transform on one image, ``from_image`` per image, ``from_images`` on 64 images (when the
-preprocessor has it), decode + preprocess of a whole 64-file request (the route's
-``prepare`` and the transform), multipart parsing of a 64-file body (app/uploads.py, as the
-route uses it), the forward pass at batch 64 and 1 and JSON rendering of 64 rows.
+thread): decode (the service's, which takes the libspng path for these), Pillow's open +
+load and to_grayscale (the path every other image takes), the normalization's
+"dataset-shaped?" check, image_to_uint8, the transform on one image, ``from_image`` per
+image, ``from_images`` on 64 images, decode + preprocess of a whole 64-file request (the
+route's ``prepare`` and the transform), the forward pass at batch 64 and 1 (eager, and as
+the service runs it: app/optimize.py), multipart parsing of a 64-file body
+(app/uploads.py) and JSON rendering of 64 rows.
 Each figure is the best of ``--repeat`` runs, in microseconds per image.
 """
 
@@ -28,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.imaging import decode
+from app.optimize import optimized_for_cpu
 from app.routes.predict import prepare, render
 from training.datasets import load_split
 from training.loader import load_model
@@ -81,6 +84,12 @@ def _parse_multipart(body: bytes, content_type: str, chunk: int = 65536) -> int:
     return asyncio.run(run())
 
 
+def _pillow_decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
 def inputs(uploads: list[tuple[str, bytes]], pre: Any) -> torch.Tensor:
     """What the batch worker makes of one request: ``prepare`` (+ the transform, when it
     returns arrays, as the worker then runs it)."""
@@ -101,8 +110,9 @@ def main() -> None:
     pre = loaded.preprocessor
     fit = pre.spec.fit
     pngs = _pngs(N)
-    images = [decode(d, "f", MAX_PIXELS) for d in pngs]
-    grays = [to_grayscale(im) for im in images]
+    images = [decode(d, "f", MAX_PIXELS) for d in pngs]  # pixels: the fast PNG path
+    pillow = [_pillow_decode(d) for d in pngs]
+    grays = [to_grayscale(im) for im in pillow]
     arrays = [np.asarray(g, dtype=np.uint8) for g in grays]
     tensors = [image_to_uint8(a) for a in arrays]
     stacked = torch.stack(tensors)
@@ -114,7 +124,8 @@ def main() -> None:
 
     rows: list[tuple[str, float]] = [
         ("decode (28x28 PNG)", best_us(each(lambda d: decode(d, "f", MAX_PIXELS), pngs), N, r, 5)),
-        ("to_grayscale", best_us(each(to_grayscale, images), N, r, 20)),
+        ("Pillow open + load (28x28 PNG)", best_us(each(_pillow_decode, pngs), N, r, 5)),
+        ("to_grayscale (Pillow image)", best_us(each(to_grayscale, pillow), N, r, 20)),
         ("looks_dataset_shaped", best_us(each(looks_dataset_shaped, arrays), N, r, 20)),
         ("normalize(auto) on 28x28", best_us(each(lambda a: normalize(a, fit), arrays), N, r, 20)),
         ("image_to_uint8", best_us(each(image_to_uint8, arrays), N, r, 20)),
@@ -133,20 +144,18 @@ def main() -> None:
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x), dim=1)
     classes = loaded.manifest.classes
+    spec = pre.spec
+    example = torch.randn(8, spec.channels, spec.height, spec.width)
+    served = optimized_for_cpu(loaded.model, example, loaded.name)
     with torch.inference_mode():
-        rows.append(
-            (
-                "forward + softmax, batch of 64",
-                best_us(lambda: torch.softmax(loaded.model(x), 1), N, r, 20),
-            )
-        )
-        one = x[:1]
-        rows.append(
-            (
-                "forward + softmax, batch of 1",
-                best_us(lambda: torch.softmax(loaded.model(one), 1), 1, r, 200),
-            )
-        )
+        for label, model in (("eager", loaded.model), ("optimized", served)):
+            for batch in (x, x[:1]):
+                rows.append(
+                    (
+                        f"forward + softmax, batch of {len(batch)} ({label})",
+                        best_us(lambda m=model, b=batch: torch.softmax(m(b), 1), len(batch), r, 20),
+                    )
+                )
     rows.append(
         ("render JSON, 64 rows", best_us(lambda: render("m", classes, probs, None), N, r, 50))
     )
