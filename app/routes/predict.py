@@ -154,7 +154,9 @@ class PredictEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         registry: Registry = scope["app"].state.registry
         settings = registry.settings
-        headers = dict(scope["headers"])  # the last of a repeated header wins, as in FastAPI
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:  # the first of a repeated header, as Starlette
+            headers.setdefault(name, value)
         key, auth = headers.get(b"x-api-key"), headers.get(b"authorization")
         check_api_key(
             settings,
