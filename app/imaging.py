@@ -8,8 +8,10 @@ plain 8-bit grayscale PNG (what MNIST-style clients send: no transparency, no EX
 text chunks, which could change what the image means): libspng (pyspng) decodes it
 straight to the ``(H, W)`` uint8 array Pillow's path would end in, in ~5 us instead of
 ~25 us plus the grayscale conversion (bench/RESULTS.md). The two paths give the same
-pixels (tests/test_imaging.py checks every MNIST and Fashion-MNIST test image and
-generated edge cases); the CRC and size checks run before either.
+pixels (tests/test_imaging.py checks every MNIST and Fashion-MNIST test image, generated
+edge cases and damaged files); the CRC and size checks run before either. On damaged
+files the fast path is the stricter: it also refuses a zlib stream that is cut short,
+fails its checksum or holds more rows than the header says, which Pillow reads past.
 """
 
 from __future__ import annotations
@@ -83,15 +85,18 @@ def _sniff_unsupported(data: bytes) -> str | None:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_png_crcs(data: bytes, name: str) -> list[bytes] | None:
+Chunk = tuple[bytes, int, int]  # type, payload start, payload end
+
+
+def _check_png_crcs(data: bytes, name: str) -> list[Chunk] | None:
     """Pillow skips the CRCs of pixel-data chunks; a PNG whose data fails its checksum is
     corrupt, and we say so rather than classify damaged pixels. Chunks that run past the
     end of the upload are left to the decoder (a truncated-file error).
 
-    Returns the chunk types up to IEND, or None when the file ends before IEND.
+    Returns the chunks up to IEND, or None when the file ends before IEND.
     """
     at = len(_PNG_SIGNATURE)
-    kinds: list[bytes] = []
+    chunks: list[Chunk] = []
     while at + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, at)
         end = at + 8 + length
@@ -102,9 +107,9 @@ def _check_png_crcs(data: bytes, name: str) -> list[bytes] | None:
         if zlib.crc32(memoryview(data)[at + 4 : end]) != crc:
             label = kind.decode("latin-1") if kind.isalpha() else repr(kind)
             raise InvalidImage(f"{name}: PNG {label} chunk fails its CRC check (corrupt file)")
-        kinds.append(kind)
+        chunks.append((kind, at + 8, end))
         if kind == b"IEND":
-            return kinds  # anything after the image end is ignored, as by every viewer
+            return chunks  # anything after the image end is ignored, as by every viewer
         at = end + 4
     return None
 
@@ -117,9 +122,15 @@ _PLAIN_CHUNKS = frozenset(
 )
 
 
-def _is_plain_gray8(data: bytes, kinds: list[bytes]) -> bool:
-    # IHDR is the first chunk (offset 8): width, height, bit depth, colour type (0 = gray).
-    return kinds[0] == b"IHDR" and data[24:26] == b"\x08\x00" and _PLAIN_CHUNKS.issuperset(kinds)
+def _is_plain_gray8(data: bytes, chunks: list[Chunk]) -> bool:
+    # IHDR is the first chunk (offset 8): width, height, bit depth 8, colour type 0 (gray),
+    # compression, filter method, interlace 0 (none).
+    return (
+        chunks[0][0] == b"IHDR"
+        and data[24:26] == b"\x08\x00"
+        and data[28] == 0
+        and all(kind in _PLAIN_CHUNKS for kind, _, _ in chunks)
+    )
 
 
 def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
@@ -132,9 +143,25 @@ def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
         )
 
 
-def _decode_plain_gray8(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def _decode_plain_gray8(data: bytes, chunks: list[Chunk], name: str, max_pixels: int) -> np.ndarray:
     width, height = struct.unpack_from(">II", data, 16)
     _check_size(width, height, name, max_pixels)
+    # libspng stops inflating once it has every row, so it would take a damaged stream that
+    # Pillow rejects: inflate it here in full first, checking its end and its Adler-32
+    # (bounded: a row is a filter byte and `width` pixels).
+    size = height * (width + 1)
+    inflate = zlib.decompressobj()
+    produced = 0
+    try:
+        for kind, start, end in chunks:
+            if kind == b"IDAT":
+                produced += len(inflate.decompress(data[start:end], size + 1 - produced))
+                if produced > size:
+                    break
+    except zlib.error:
+        raise InvalidImage(f"{name}: truncated or corrupt PNG image") from None
+    if not inflate.eof or produced != size:
+        raise InvalidImage(f"{name}: truncated or corrupt PNG image")
     try:
         pixels: np.ndarray = pyspng.load(data)
     except Exception:  # libspng's errors on corrupt data (RuntimeError)
@@ -153,9 +180,9 @@ def decode(data: bytes, name: str, max_pixels: int) -> Decoded:
     if not data:
         raise InvalidImage(f"{name}: empty file")
     if data.startswith(_PNG_SIGNATURE):
-        kinds = _check_png_crcs(data, name)
-        if kinds is not None and _is_plain_gray8(data, kinds):
-            return _decode_plain_gray8(data, name, max_pixels)
+        chunks = _check_png_crcs(data, name)
+        if chunks is not None and _is_plain_gray8(data, chunks):
+            return _decode_plain_gray8(data, chunks, name, max_pixels)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:

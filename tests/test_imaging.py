@@ -8,9 +8,11 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from app.errors import InvalidImage, PayloadTooLarge
+from app.errors import InvalidImage, PayloadTooLarge, ServeError
 from app.imaging import decode
 from training.datasets import load_split
 from training.normalize import Mode
@@ -144,3 +146,50 @@ def test_to_array_takes_the_pixels_as_it_takes_the_image() -> None:
             assert np.array_equal(from_pixels, from_image)
     with pytest.raises(ValueError, match="uint8"):
         pre.to_array(np.zeros((4, 4), dtype=np.float32))
+
+
+def _refresh_crcs(data: bytes) -> bytes:
+    """``data`` with every complete chunk's CRC recomputed, so a mutation gets past the CRC
+    check and reaches the decoder."""
+    out = bytearray(data)
+    at = 8
+    while at + 12 <= len(out):
+        (length,) = struct.unpack_from(">I", out, at)
+        end = at + 8 + length
+        if end + 4 > len(out):
+            break
+        struct.pack_into(">I", out, end, zlib.crc32(bytes(out[at + 4 : end])))
+        at = end + 4
+    return bytes(out)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    seed=st.integers(0, 9999),
+    edits=st.lists(st.tuples(st.integers(8, 10_000), st.integers(0, 255)), max_size=6),
+    cut=st.one_of(st.none(), st.integers(8, 10_000)),
+)
+def test_damaged_plain_pngs_are_a_4xx_or_pillows_pixels(
+    seed: int, edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    """Mutations (CRCs refreshed, so they reach the decoder) of plain gray PNGs: never
+    anything but a 4xx or an image; and what the fast path accepts, Pillow accepts too,
+    with the same pixels. (The fast path is stricter: it also refuses damaged zlib streams
+    and out-of-spec headers that Pillow reads past.)"""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+    data = bytearray(png(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))))
+    for at, value in edits:  # anywhere after the signature: IHDR fields, zlib data, lengths
+        data[at % len(data)] = value
+    mutated = _refresh_crcs(bytes(data[:cut] if cut else data))
+    try:
+        result = decode(mutated, "f", LIMIT)
+    except ServeError as exc:
+        status = exc.status_code
+    else:
+        status = 200
+        if isinstance(result, np.ndarray):  # the fast path took it
+            assert np.array_equal(result, pillow_pixels(mutated))
+        else:
+            assert np.asarray(to_grayscale(result)).ndim == 2
+    assert status == 200 or 400 <= status < 500
