@@ -28,7 +28,8 @@ MAX_PIXELS = 25_000_000
 
 # The server is pinned to one core: one torch thread, as in the service.
 torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "1")))
-loaded = load_model(MODEL_DIR, "cpu")
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+loaded = load_model(MODEL_DIR, DEVICE)
 classes = loaded.manifest.classes
 
 app = FastAPI(title="plain baseline")
@@ -45,7 +46,7 @@ def predict(file: UploadFile) -> dict[str, Any]:
         image = decode(file.file.read(), "file", MAX_PIXELS)
     except ServeError as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
-    x = loaded.preprocessor.from_image(image).unsqueeze(0)
+    x = loaded.preprocessor.from_image(image).unsqueeze(0).to(DEVICE)
     with torch.inference_mode():
         row = torch.softmax(loaded.model(x), dim=1)[0].tolist()
     best = max(range(len(row)), key=row.__getitem__)

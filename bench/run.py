@@ -2,6 +2,8 @@
 
     python bench/run.py                 # the table (about 3 minutes)
     python bench/run.py --soak 100000   # + resident memory over 100,000 requests
+    python bench/run.py --device cuda --workers 8 --server-cores 0-7 --client-cores 8-15 \
+        --wrk-threads 4 --concurrency 64 --files-concurrency 16    # the GPU comparison
 
 Starts the service (``python -m app``, one worker, one torch thread) and the plain baseline
 (``bench/baseline.py``: sync endpoint, one image per forward pass, the same model loader and
@@ -11,6 +13,10 @@ pinned to another core, POSTing real MNIST test PNGs as multipart uploads
 drift in the machine's load hits both alike. Prints one table (req/s, images/s, p50, p99,
 errors, server CPU per request, ratio to the baseline), then 64-file uploads, cold start and
 resident memory, and writes everything as JSON under bench/out/.
+
+On a GPU (``--device cuda``) both sides run their forward passes there, each with
+``--workers`` server processes; the report adds the share of the service's wall time spent
+in forward passes (from its ``mnist_serve_inference_duration_seconds`` metric).
 
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``) and ``taskset`` (util-linux).
 Traffic goes to 127.0.0.1 only.
@@ -128,29 +134,56 @@ def start(name: str, cmd: list[str], env: dict[str, str], port: int, ready_path:
     return proc
 
 
-def start_service(core: int, port: int) -> Proc:
+@dataclass
+class Setup:
+    """Where and how both sides run: the same device, worker count and cores."""
+
+    device: str = "cpu"
+    workers: int = 1
+    server_cores: str = "0"  # taskset list
+    client_cores: str = "1"
+    wrk_threads: int = 1
+
+
+def start_service(setup: Setup, port: int) -> Proc:
     env = {
         "MNIST_SERVE_HOST": "127.0.0.1",
         "MNIST_SERVE_PORT": str(port),
-        "MNIST_SERVE_DEVICE": "cpu",
+        "MNIST_SERVE_DEVICE": setup.device,
         "MNIST_SERVE_MODELS": MODEL,
         "MNIST_SERVE_DEFAULT_MODEL": MODEL,
-        "MNIST_SERVE_WORKERS": "1",  # one core: one worker
+        "MNIST_SERVE_WORKERS": str(setup.workers),
         "MNIST_SERVE_TORCH_THREADS": "1",
         "MNIST_SERVE_ACCESS_LOG": "false",
         "MNIST_SERVE_LOG_LEVEL": "warning",
     }
-    cmd = ["taskset", "-c", str(core), sys.executable, "-m", "app"]
+    cmd = ["taskset", "-c", setup.server_cores, sys.executable, "-m", "app"]
     return start("service", cmd, env, port, "/health/ready")
 
 
-def start_baseline(core: int, port: int) -> Proc:
-    env = {"BENCH_MODEL_DIR": str(REPO / "models" / MODEL), "BENCH_TORCH_THREADS": "1"}
+def start_baseline(setup: Setup, port: int) -> Proc:
+    env = {
+        "BENCH_MODEL_DIR": str(REPO / "models" / MODEL),
+        "BENCH_TORCH_THREADS": "1",
+        "BENCH_DEVICE": setup.device,
+    }
     cmd = [
-        "taskset", "-c", str(core), sys.executable, "-m", "uvicorn", "bench.baseline:app",
+        "taskset", "-c", setup.server_cores, sys.executable, "-m", "uvicorn", "bench.baseline:app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+        "--workers", str(setup.workers),
     ]  # fmt: skip
     return start("baseline", cmd, env, port, "/health")
+
+
+def forward_seconds(service: Proc) -> float:
+    """The service's total forward-pass time so far (all workers), from /metrics."""
+    with urllib.request.urlopen(service.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mnist_serve_inference_duration_seconds_sum")
+    )
 
 
 # --- load ------------------------------------------------------------------------------
@@ -194,11 +227,15 @@ class Run:
     server_cpu_share: float  # of one core, during the run
 
 
-def wrk(proc: Proc, listing: Path, concurrency: int, files: int, seconds: float, core: int) -> Run:
+def wrk(
+    proc: Proc, listing: Path, concurrency: int, files: int, seconds: float, setup: Setup
+) -> Run:
     secs = max(1, round(seconds))
+    threads = max(1, min(setup.wrk_threads, concurrency))
     cmd = [
-        "taskset", "-c", str(core), "wrk", "-t1", f"-c{concurrency}", f"-d{secs}s",
-        "--timeout", "30s", "-s", str(LUA), proc.url + "/predict", "--", str(listing), str(files),
+        "taskset", "-c", setup.client_cores, "wrk", f"-t{threads}", f"-c{concurrency}",
+        f"-d{secs}s", "--timeout", "30s", "-s", str(LUA), proc.url + "/predict",
+        "--", str(listing), str(files),
     ]  # fmt: skip
     cpu0 = proc.cpu_s()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -286,8 +323,11 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=64, help="files per request for the batch row")
     ap.add_argument("--files-concurrency", type=int, default=16)
     ap.add_argument("--soak", type=int, default=0, help="then N more requests to the service")
-    ap.add_argument("--server-core", type=int, default=0)
-    ap.add_argument("--client-core", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for both sides")
+    ap.add_argument("--workers", type=int, default=1, help="server processes, both sides")
+    ap.add_argument("--server-cores", default="0", help="taskset list for both servers")
+    ap.add_argument("--client-cores", default="1", help="taskset list for wrk")
+    ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=1000, help="distinct test PNGs to rotate")
     args = ap.parse_args()
 
@@ -299,12 +339,13 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     listing = export_pngs(args.images)
     levels = [int(c) for c in args.concurrency.split(",")]
-    core = args.client_core
+    setup = Setup(args.device, args.workers, args.server_cores, args.client_cores, args.wrk_threads)
 
-    baseline = start_baseline(args.server_core, 18780)
-    service = start_service(args.server_core, 18781)
+    baseline = start_baseline(setup, 18780)
+    service = start_service(setup, 18781)
     report: dict[str, object] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "setup": asdict(setup),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cores": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
@@ -313,7 +354,7 @@ def main() -> int:
         agree = check_agreement(service, baseline, listing)
         print(f"agreement: {agree}/20 labels identical between service and baseline")
         for proc in (baseline, service):
-            wrk(proc, listing, 16, 1, args.warmup, core)
+            wrk(proc, listing, 16, 1, args.warmup, setup)
         rss_warm = {p.name: p.rss_mib() for p in (baseline, service)}
 
         runs: list[Run] = []
@@ -321,15 +362,16 @@ def main() -> int:
             per_side: dict[str, list[Run]] = {"baseline": [], "service": []}
             for _ in range(args.rounds):
                 for proc in (baseline, service):
-                    per_side[proc.name].append(wrk(proc, listing, c, 1, args.duration, core))
+                    per_side[proc.name].append(wrk(proc, listing, c, 1, args.duration, setup))
             runs += [median_run(per_side["baseline"]), median_run(per_side["service"])]
         base_by_c = {r.concurrency: r for r in runs if r.side == "baseline"}
-        batch = median_run(
-            [
-                wrk(service, listing, args.files_concurrency, args.files, args.duration, core)
-                for _ in range(args.rounds)
-            ]
-        )
+        forward0 = forward_seconds(service)
+        batches = [
+            wrk(service, listing, args.files_concurrency, args.files, args.duration, setup)
+            for _ in range(args.rounds)
+        ]
+        forward_share = (forward_seconds(service) - forward0) / sum(b.duration_s for b in batches)
+        batch = median_run(batches)
         rss_after = {p.name: p.rss_mib() for p in (baseline, service)}
 
         print()
@@ -338,7 +380,8 @@ def main() -> int:
         print(
             f"\n{args.files} files/request at c={args.files_concurrency}: "
             f"{batch.images_per_s:.0f} images/s = {batch.images_per_s / best_base:.1f}x the "
-            f"baseline's best single-image req/s ({best_base:.0f})"
+            f"baseline's best single-image req/s ({best_base:.0f}); forward passes: "
+            f"{forward_share:.0%} of the service's wall time (summed over its batch workers)"
         )
         print("\ncold start (process start -> ready):", end="")
         for p in (baseline, service):
@@ -350,6 +393,7 @@ def main() -> int:
         report |= {
             "runs": [asdict(r) for r in [*runs, batch]],
             "batch_vs_best_baseline": batch.images_per_s / best_base,
+            "batch_forward_share_of_wall": forward_share,
             "cold_start_s": {p.name: p.cold_start_s for p in (baseline, service)},
             "rss_mib_after_warmup": rss_warm,
             "rss_mib_after_run": rss_after,
@@ -362,7 +406,7 @@ def main() -> int:
             done = 0
             print(f"\nsoak: {args.soak:,} requests to the service at c=64 (RSS {rss0:.1f} MiB)")
             while done < args.soak:
-                r = wrk(service, listing, 64, 1, args.duration, core)
+                r = wrk(service, listing, 64, 1, args.duration, setup)
                 done += r.requests
                 soak.append({"requests": done, "rss_mib": service.rss_mib(), "errors": r.errors})
                 print(f"  {done:>8,} requests  RSS {soak[-1]['rss_mib']:.1f} MiB")
