@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.normalize import normalize
+from training.normalize import normalize, normalize_all
 from training.preprocess import InputSpec, Preprocessor, image_to_uint8, to_grayscale
 
 SPEC32 = InputSpec(height=32, width=32, mean=[0.1307], std=[0.3081])
@@ -131,7 +131,11 @@ def test_batched_from_images_equals_image_by_image(mnist_test, fit: str) -> None
 
 
 def test_fast_dataset_shaped_check_matches_its_definition(mnist_test, fashion_test) -> None:
-    from training.normalize import _looks_dataset_shaped_plain, looks_dataset_shaped
+    from training.normalize import (
+        _looks_dataset_shaped_plain,
+        dataset_shaped_each,
+        looks_dataset_shaped,
+    )
 
     rng = np.random.default_rng(7)
     arrays = []
@@ -149,3 +153,33 @@ def test_fast_dataset_shaped_check_matches_its_definition(mnist_test, fashion_te
     answers = [looks_dataset_shaped(a) for a in arrays]
     assert answers == [_looks_dataset_shaped_plain(a) for a in arrays]
     assert 0 < sum(answers) < len(arrays)
+    assert dataset_shaped_each(np.stack(arrays)).tolist() == answers  # the batched check
+
+
+@pytest.mark.parametrize("fit", ["digit", "object", "none"])
+def test_normalize_all_equals_normalize_one_by_one(mnist_test, fashion_test, fit: str) -> None:
+    """The batched path returns normalize()'s arrays, in order, for runs of 28x28 images
+    broken by other sizes, longer than the run it holds, and every kind of border."""
+    rng = np.random.default_rng(11)
+    grays: list[np.ndarray] = []
+    for split in (mnist_test, fashion_test):
+        x = split.images[:300, 0].numpy()
+        grays += list(x) + list(255 - x[:40])  # dark and light backgrounds
+    for _ in range(60):
+        level = int(rng.integers(0, 256))
+        noisy = np.full((28, 28), level) + rng.integers(-3, 4, (28, 28))
+        grays.append(np.clip(noisy, 0, 255).astype(np.uint8))
+        grays.append(rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    grays = [grays[i] for i in rng.permutation(len(grays))]
+    for at, (h, w) in zip(
+        [5, 6, 300, 301, 900], [(30, 40), (28, 29), (1, 1), (112, 112), (64, 28)], strict=True
+    ):
+        grays.insert(at, rng.integers(0, 256, (h, w), dtype=np.uint8))
+    for mode in ["auto", "dataset", "none"]:
+        expected = [normalize(g, fit, mode) for g in grays]  # type: ignore[arg-type]
+        got = list(normalize_all(iter(grays), fit, mode))  # type: ignore[arg-type]
+        assert len(got) == len(expected)
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert a.dtype == b.dtype, (mode, i)
+            assert np.array_equal(a, b), (mode, i)
+    assert list(normalize_all([], "digit")) == []

@@ -29,6 +29,7 @@ Modes, chosen per request:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,6 +99,24 @@ def looks_dataset_shaped(gray: np.ndarray) -> bool:
     return not bool(below > above)
 
 
+def dataset_shaped_each(grays: np.ndarray) -> np.ndarray:
+    """:func:`looks_dataset_shaped` of each image of an ``(n, 28, 28)`` uint8 stack -> ``n``
+    booleans.
+
+    The images whose border is one level (the common case) are decided together, by the
+    same integer comparison as the one-image check, in three numpy calls for the whole
+    stack; the others go through :func:`looks_dataset_shaped` one by one. A 64-image
+    upload's checks: 5.1 -> 0.9 us per image (bench/RESULTS.md).
+    """
+    flat = grays.reshape(len(grays), -1)
+    ring = flat[:, _RING]
+    low, high = ring.min(axis=1), ring.max(axis=1)
+    answers: np.ndarray = flat.sum(axis=1, dtype=np.int64) >= flat.shape[1] * low.astype(np.int64)
+    for i in np.flatnonzero(low != high):
+        answers[i] = looks_dataset_shaped(grays[i])
+    return answers
+
+
 def _looks_dataset_shaped_plain(gray: np.ndarray) -> bool:
     """The definition :func:`looks_dataset_shaped` computes faster on uint8 images."""
     a = gray.astype(np.float32)
@@ -133,6 +152,43 @@ def normalize(gray: np.ndarray, fit: Fit, mode: Mode = "auto") -> np.ndarray:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     crop = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return _place(_fit_box(crop, recipe.box), recipe.centre)
+
+
+# normalize_all holds at most this many consecutive 28x28 images to check them together.
+_RUN = 256
+
+
+def normalize_all(
+    grays: Iterable[np.ndarray], fit: Fit, mode: Mode = "auto"
+) -> Iterator[np.ndarray]:
+    """:func:`normalize` of each image, in order, as they are consumed: the same arrays.
+
+    In ``auto`` mode, consecutive 28x28 uint8 images (up to 256) are held and checked
+    together (:func:`dataset_shaped_each`); the recipe runs on the ones that fail, and
+    any other image is normalized as it comes, so a large upload is never held.
+    """
+    if fit == "none" or mode != "auto":
+        yield from (normalize(gray, fit, mode) for gray in grays)
+        return
+    run: list[np.ndarray] = []
+
+    def checked() -> Iterator[np.ndarray]:
+        answers = dataset_shaped_each(np.stack(run))
+        for gray, shaped in zip(run, answers.tolist(), strict=True):
+            yield gray if shaped else normalize(gray, fit, "dataset")
+        run.clear()
+
+    for gray in grays:
+        if gray.shape == (CANVAS, CANVAS) and gray.dtype == np.uint8:
+            run.append(gray)
+            if len(run) == _RUN:
+                yield from checked()
+            continue
+        if run:
+            yield from checked()
+        yield normalize(gray, fit, mode)
+    if run:
+        yield from checked()
 
 
 def _shrink(gray: np.ndarray) -> np.ndarray:

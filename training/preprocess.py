@@ -10,7 +10,7 @@ images. No mean, std or input size is written anywhere else: they come from the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 from torchvision.transforms import v2
 
-from training.normalize import Fit, Mode, normalize
+from training.normalize import Fit, Mode, normalize_all
 
 
 class InputSpec(BaseModel):
@@ -97,6 +97,15 @@ def image_to_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).unsqueeze(0)
 
 
+def _gray_pixels(image: Decoded) -> np.ndarray:
+    """A decoded image -> its upright 8-bit grayscale ``(H, W)`` uint8 pixels."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W) uint8 grayscale pixels, got {image.dtype}")
+        return image
+    return np.asarray(to_grayscale(image), dtype=np.uint8)
+
+
 class Preprocessor:
     """Built once per model from its :class:`InputSpec`."""
 
@@ -128,28 +137,29 @@ class Preprocessor:
     def to_array(self, image: Decoded, mode: Mode = "auto") -> np.ndarray:
         """The per-image half of the path: grayscale, then the upload normalization ->
         an ``(H, W)`` uint8 array for :attr:`transform`. An array is taken as the
-        pixels of an upright 8-bit grayscale image (see :data:`Decoded`)."""
-        if isinstance(image, np.ndarray):
-            if image.ndim != 2 or image.dtype != np.uint8:
-                raise ValueError(f"expected (H, W) uint8 grayscale pixels, got {image.dtype}")
-            gray = image
-        else:
-            gray = np.asarray(to_grayscale(image), dtype=np.uint8)
-        return normalize(gray, self.spec.fit, mode)
+        pixels of an upright 8-bit grayscale image (see :data:`Decoded`). The same path
+        as :meth:`to_arrays`."""
+        return next(self.to_arrays([image], mode))
+
+    def to_arrays(self, images: Iterable[Decoded], mode: Mode = "auto") -> Iterator[np.ndarray]:
+        """:meth:`to_array` of each image, in order, as they are consumed; the
+        normalization's "dataset-shaped?" check runs on runs of 28x28 images together
+        (:func:`training.normalize.normalize_all`), with the same answers."""
+        return normalize_all((_gray_pixels(image) for image in images), self.spec.fit, mode)
 
     def from_images(self, images: Iterable[Decoded], mode: Mode = "auto") -> torch.Tensor:
         """Decoded images of any sizes and modes -> one ``(n, 1, height, width)`` batch.
 
-        Per image only what must be (:meth:`to_array`); then :meth:`from_arrays` stacks
+        Per image only what must be (:meth:`to_arrays`); then :meth:`from_arrays` stacks
         images of equal size and runs :attr:`transform` once per group. The transform
         computes every image of a batch independently, so the result equals the
         image-by-image one, bit for bit (tests/test_preprocess.py).
 
         ``images`` may be a generator: each image is then reduced to its array as it is
         consumed, so a decoding error surfaces in order and a decoded image is dropped at
-        once.
+        once (only 28x28 ones are held, briefly, for the batched check).
         """
-        return self.from_arrays(self.to_array(image, mode) for image in images)
+        return self.from_arrays(self.to_arrays(images, mode))
 
     def from_arrays(self, arrays: Iterable[np.ndarray]) -> torch.Tensor:
         """``(H, W)`` uint8 arrays of any sizes (from :meth:`to_array`) -> the

@@ -106,22 +106,21 @@ def prepare(
     """Decode and preprocess every upload (runs on the batch worker).
 
     Uploads are decoded one by one, in order (the first bad one is the error). Each is
-    reduced to its uint8 array (:meth:`Preprocessor.to_array`); small ones are returned
+    reduced to its uint8 array (:meth:`Preprocessor.to_arrays`); small ones are returned
     as arrays, and the batch worker runs the model's transform once over the arrays of
     every request in the batch (:meth:`Preprocessor.from_arrays`): a single-image request
     no longer pays a transform call of its own. Past ``TRANSFORM_CHUNK_PIXELS`` pixels in
     one request, the rest is transformed here as it is decoded, so large uploads are never
     all held at once.
     """
+    stream = preprocessor.to_arrays((decode(d, n, max_pixels) for n, d in uploads), mode)
     arrays: list[np.ndarray] = []
     held = 0
-    rest = iter(uploads)
-    for name, data in rest:
-        arrays.append(preprocessor.to_array(decode(data, name, max_pixels), mode))
-        held += arrays[-1].size
+    for array in stream:
+        arrays.append(array)
+        held += array.size
         if held >= TRANSFORM_CHUNK_PIXELS:
-            more = (preprocessor.to_array(decode(d, n, max_pixels), mode) for n, d in rest)
-            return preprocessor.from_arrays(chain(arrays, more))
+            return preprocessor.from_arrays(chain(arrays, stream))
     return arrays
 
 
