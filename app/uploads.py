@@ -91,9 +91,11 @@ class _FormReader:
         self._keep = False  # is the current part a 'file' upload?
         self._name = ""
         self._data: list[bytes] = []
+        self.ended = False  # has the closing boundary been read?
 
     def callbacks(self) -> MultipartCallbacks:
         return {
+            "on_end": self.on_end,
             "on_part_begin": self.on_part_begin,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
@@ -151,6 +153,9 @@ class _FormReader:
             self.uploads.append((self._name, b"".join(self._data)))
             self._data = []
 
+    def on_end(self) -> None:
+        self.ended = True
+
 
 async def read_multipart(content_type: bytes, receive: Receive, max_files: int) -> list[Upload]:
     _, params = parse_options_header(content_type)
@@ -164,6 +169,8 @@ async def read_multipart(content_type: bytes, receive: Receive, max_files: int) 
         parser.finalize()
     except FormParserError:
         raise InvalidImage("malformed multipart body: invalid multipart data") from None
+    if not reader.ended:  # python-multipart's finalize() does not check this
+        raise InvalidImage("malformed multipart body: it ends before its closing boundary")
     if not reader.uploads:
         raise NoFile("no part named 'file' in the multipart body")
     return reader.uploads

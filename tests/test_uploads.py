@@ -112,6 +112,20 @@ def test_bad_bodies_are_client_errors(
     assert 400 <= caught.value.status_code < 500
 
 
+def test_a_body_cut_short_is_400_not_the_parts_before_the_cut() -> None:
+    """Every cut before the closing boundary is an error: a truncated upload never comes
+    back as fewer predictions than files sent."""
+    payload = body(part("file", b"one"), part("file", b"two"))
+    close = payload.rindex(f"--{BOUNDARY}--".encode())
+    for cut in range(1, close + len(BOUNDARY) + 3):
+        with pytest.raises(InvalidImage, match="malformed multipart body") as caught:
+            read(payload[:cut], chunk=7)
+        assert caught.value.status_code == 400
+    whole = [("file #1 ('x.png')", b"one"), ("file #2 ('x.png')", b"two")]
+    assert read(payload.removesuffix(b"\r\n")) == whole  # the final CRLF is optional
+    assert read(payload + b"an epilogue, ignored\r\n") == whole
+
+
 def test_a_raw_image_body() -> None:
     assert read(b"\x89PNG...", b"image/png", chunk=3) == [("body", b"\x89PNG...")]
 
