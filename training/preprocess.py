@@ -1,11 +1,12 @@
 """The one image -> tensor path, built from a model's metadata.
 
 Training feeds its in-memory uint8 dataset tensors through :attr:`Preprocessor.transform`;
-the service feeds its uploads through :meth:`Preprocessor.from_images` (one image:
-:meth:`Preprocessor.from_image`, the same path), which turns each image into the same kind
-of uint8 tensor and then calls the very same transform, once per group of equal-sized
-images. No mean, std or input size is written anywhere else: they come from the model's
-:class:`InputSpec`.
+the service turns each decoded upload into the same kind of uint8 array
+(:meth:`Preprocessor.to_arrays`: grayscale, then the upload normalization) and calls the
+very same transform on them, once per group of equal-sized images
+(:meth:`Preprocessor.from_arrays`; :meth:`Preprocessor.from_images` and
+:meth:`Preprocessor.from_image` are the two halves in one call). No mean, std or input
+size is written anywhere else: they come from the model's :class:`InputSpec`.
 """
 
 from __future__ import annotations
