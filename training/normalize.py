@@ -176,11 +176,11 @@ def normalize_all(
 
     def checked() -> Iterator[np.ndarray]:
         if len(run) < _BATCHED_FROM:
-            answers = [looks_dataset_shaped(gray) for gray in run]
+            yield from (normalize(gray, fit, mode) for gray in run)
         else:
             answers = dataset_shaped_each(np.stack(run)).tolist()
-        for gray, shaped in zip(run, answers, strict=True):
-            yield gray if shaped else normalize(gray, fit, "dataset")
+            for gray, shaped in zip(run, answers, strict=True):
+                yield gray if shaped else normalize(gray, fit, "dataset")
         run.clear()
 
     for gray in grays:
