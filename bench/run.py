@@ -37,6 +37,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 LUA = REPO / "bench" / "predict.lua"
@@ -178,11 +180,13 @@ def start_baseline(setup: Setup, port: int) -> Proc:
 def forward_seconds(service: Proc) -> float:
     """The service's total forward-pass time so far (all workers), from /metrics."""
     with urllib.request.urlopen(service.url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
+        families = text_string_to_metric_families(r.read().decode())
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("mnist_serve_inference_duration_seconds_sum")
+        sample.value
+        for family in families
+        if family.name == "mnist_serve_inference_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_sum")
     )
 
 
