@@ -308,12 +308,12 @@ def table(runs: list[Run], baseline_rps: dict[int, Run], files_ratio: float) -> 
     lines = [head, "-" * len(head)]
     for r in runs:
         base = baseline_rps.get(r.concurrency)
-        if r.side == "baseline" or base is None:
+        if r.side == "baseline":
             ratio = ""
-        elif r.files > 1:
+        elif r.files > 1:  # whatever concurrencies the single-image rows ran at
             ratio = f"{files_ratio:.2f}x img/s"
         else:
-            ratio = f"{r.rps / base.rps:.2f}x"
+            ratio = f"{r.rps / base.rps:.2f}x" if base is not None else ""
         lines.append(
             f"{r.side:<9} {r.concurrency:>4} {r.files:>5} {r.rps:>8.0f} {r.images_per_s:>9.0f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {r.cpu_ms_per_request:>10.3f} "
