@@ -368,29 +368,28 @@ def main() -> int:
         # Round-major: each round measures both sides at every concurrency (alternately),
         # then the service with 64-file uploads, so a round's 64-file figure is divided by
         # the baseline's best single-image rate measured minutes, not a whole run, earlier.
-        per_side: dict[tuple[str, int], list[Run]] = {}
-        batches: list[Run] = []
-        paired: list[float] = []  # per round: 64-file images/s / best baseline req/s
         rounds: list[list[Run]] = []  # every measurement, in the order taken
         forward_s = 0.0
         for _ in range(args.rounds):
-            best_in_round = 0.0
-            rounds.append([])
-            for c in levels:
-                for proc in (baseline, service):
-                    r = wrk(proc, listing, c, 1, args.duration, setup)
-                    per_side.setdefault((proc.name, c), []).append(r)
-                    rounds[-1].append(r)
-                    if proc is baseline:
-                        best_in_round = max(best_in_round, r.rps)
+            rounds.append(
+                [
+                    wrk(proc, listing, c, 1, args.duration, setup)
+                    for c in levels
+                    for proc in (baseline, service)
+                ]
+            )
             forward0 = forward_seconds(service)
-            b = wrk(service, listing, args.files_concurrency, args.files, args.duration, setup)
+            rounds[-1].append(
+                wrk(service, listing, args.files_concurrency, args.files, args.duration, setup)
+            )
             forward_s += forward_seconds(service) - forward0
-            batches.append(b)
-            rounds[-1].append(b)
-            paired.append(b.images_per_s / best_in_round)
-        runs = [median_run(per_side[side, c]) for c in levels for side in ("baseline", "service")]
+        # Per round: 64-file images/s over that round's best baseline req/s.
+        paired = [
+            rs[-1].images_per_s / max(r.rps for r in rs if r.side == "baseline") for rs in rounds
+        ]
+        runs = [median_run([rs[i] for rs in rounds]) for i in range(2 * len(levels))]
         base_by_c = {r.concurrency: r for r in runs if r.side == "baseline"}
+        batches = [rs[-1] for rs in rounds]
         forward_share = forward_s / sum(b.duration_s for b in batches)
         batch = median_run(batches)
         paired_ratio = statistics.median(paired)
