@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     # Batching: everything queued (up to max_batch_size images) goes through one forward pass.
     max_batch_size: int | None = Field(None, ge=1)  # default: 64 on the CPU, 256 on a GPU
     max_batch_delay_ms: float = Field(0.0, ge=0)  # 0 = never wait for a batch to fill
-    # torch intra-op threads per worker process; default: the usable cores divided among the
-    # workers, which with the default worker count is 1 on the CPU. One thread is the right
-    # size for these models: a batch of <= 64 28x28 images is too small for a second
+    # torch intra-op threads per worker process (the forward pass on the CPU; the transform
+    # on either device); default: the usable cores divided among the workers, which with the
+    # default worker count is 1 on the CPU and 2 beside a GPU on 16 cores. One thread is the
+    # right size for these models: a batch of <= 64 28x28 images is too small for a second
     # intra-op thread to pay for its hand-offs, and the cores are better spent on more
     # worker processes (each has its own event loop and GIL). Measured in bench/RESULTS.md.
     torch_threads: int | None = Field(None, ge=1)
@@ -85,10 +86,10 @@ class Settings(BaseSettings):
         cores = usable_cores()
         return max(1, min(cores // 2, 8)) if device_type == "cuda" else cores
 
-    def threads_per_worker(self) -> int:
+    def threads_per_worker(self, device_type: str) -> int:
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, usable_cores() // (self.workers or usable_cores()))
+        return max(1, usable_cores() // self.worker_count(device_type))
 
 
 def usable_cores() -> int:

@@ -69,8 +69,8 @@ class Registry:
             device = resolve_device(s.device)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
-        if device.type == "cpu":
-            torch.set_num_threads(s.threads_per_worker())
+        # On a GPU too: decoding's tensor work and the transform run on the CPU.
+        torch.set_num_threads(s.threads_per_worker(device.type))
         if not s.models_dir.is_dir():
             raise StartupError(f"models folder {s.models_dir} does not exist")
         folders = {p.name: p for p in discover(s.models_dir)}

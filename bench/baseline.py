@@ -1,10 +1,11 @@
 """The plain baseline the benchmark compares the service against.
 
 What a tutorial would write: a sync ``def`` endpoint (FastAPI runs it in its thread pool),
-one image per forward pass, no batching. It loads the model with the service's own loader
-(:func:`training.loader.load_model`) and decodes and preprocesses with the service's own
-code (:func:`app.imaging.decode`, :meth:`Preprocessor.from_image`), so the only difference
-the benchmark measures is the serving path.
+one image per forward pass, no batching; a request with several files is classified file by
+file. It loads the model with the service's own loader (:func:`training.loader.load_model`)
+and decodes and preprocesses with the service's own code (:func:`app.imaging.decode`,
+:meth:`Preprocessor.from_image`), so the only difference the benchmark measures is the
+serving path.
 
 Run: ``BENCH_MODEL_DIR=models/mnist-lenet5 uvicorn bench.baseline:app``.
 """
@@ -41,7 +42,12 @@ def health() -> dict[str, str]:
 
 
 @app.post("/predict")
-def predict(file: UploadFile) -> dict[str, Any]:
+def predict(file: list[UploadFile]) -> dict[str, Any]:
+    """Each uploaded file in turn, one forward pass per image (what a tutorial loop does)."""
+    return {"model": loaded.name, "predictions": [classify(f) for f in file]}
+
+
+def classify(file: UploadFile) -> dict[str, Any]:
     try:
         image = decode(file.file.read(), "file", MAX_PIXELS)
     except ServeError as exc:
@@ -51,13 +57,8 @@ def predict(file: UploadFile) -> dict[str, Any]:
         row = torch.softmax(loaded.model(x), dim=1)[0].tolist()
     best = max(range(len(row)), key=row.__getitem__)
     return {
-        "model": loaded.name,
-        "predictions": [
-            {
-                "label": classes[best],
-                "class_index": best,
-                "probability": row[best],
-                "probabilities": dict(zip(classes, row, strict=True)),
-            }
-        ],
+        "label": classes[best],
+        "class_index": best,
+        "probability": row[best],
+        "probabilities": dict(zip(classes, row, strict=True)),
     }

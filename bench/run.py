@@ -10,11 +10,13 @@ Starts the service (``python -m app``, one worker, one torch thread) and the pla
 preprocessing) pinned to one core with ``taskset``, and drives each in turn with ``wrk``
 pinned to another core, POSTing real MNIST test PNGs as multipart uploads
 (``bench/predict.lua``). The two sides are measured alternately at each concurrency so that
-drift in the machine's load hits both alike, and each round ends with the service's 64-file
-row, whose ratio is taken against the baseline's best row *of the same round* (the median
-over rounds is reported, beside the ratio of the medians). Prints one table (req/s,
-images/s, p50, p99, errors, server CPU per request, ratio to the baseline), then 64-file
-uploads, cold start and resident memory, and writes everything as JSON under bench/out/.
+drift in the machine's load hits both alike, and each round ends with both sides' 64-file
+rows. The service's 64-file images/s is compared, round by round, with the baseline's best
+single-image req/s *of the same round* (the CPU target) and with the baseline's own 64-file
+images/s (the GPU target); the median over rounds is reported, beside the ratio of the
+medians. Prints one table (req/s, images/s, p50, p99, errors, server CPU per request, ratio
+to the baseline row of the same concurrency and files), then the 64-file ratios, cold start
+and resident memory, and writes everything as JSON under bench/out/.
 
 On a GPU (``--device cuda``) both sides run their forward passes there, each with
 ``--workers`` server processes; the report adds the share of the service's wall time spent
@@ -298,26 +300,22 @@ def check_agreement(service: Proc, baseline: Proc, listing: Path) -> int:
 # --- report ----------------------------------------------------------------------------
 
 
-def table(runs: list[Run], baseline_rps: dict[int, Run], files_ratio: float) -> str:
-    """The rows; a multi-file row's ratio is ``files_ratio`` (its images/s over the
-    baseline's best single-image req/s, paired round by round: see main)."""
+def table(runs: list[Run]) -> str:
+    """The rows; each service row's ratio is to the baseline's row with the same
+    concurrency and files per request (req/s, which for equal files is images/s)."""
     head = (
         f"{'side':<9} {'conc':>4} {'files':>5} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6} {'CPU ms/req':>10} {'x baseline req/s':>16}"
+        f"{'p99 ms':>8} {'errors':>6} {'CPU ms/req':>10} {'x baseline':>10}"
     )
+    base = {(r.concurrency, r.files): r for r in runs if r.side == "baseline"}
     lines = [head, "-" * len(head)]
     for r in runs:
-        base = baseline_rps.get(r.concurrency)
-        if r.side == "baseline":
-            ratio = ""
-        elif r.files > 1:  # whatever concurrencies the single-image rows ran at
-            ratio = f"{files_ratio:.2f}x img/s"
-        else:
-            ratio = f"{r.rps / base.rps:.2f}x" if base is not None else ""
+        other = base.get((r.concurrency, r.files)) if r.side != "baseline" else None
+        ratio = f"{r.rps / other.rps:.2f}x" if other is not None else ""
         lines.append(
             f"{r.side:<9} {r.concurrency:>4} {r.files:>5} {r.rps:>8.0f} {r.images_per_s:>9.0f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {r.cpu_ms_per_request:>10.3f} "
-            f"{ratio:>16}"
+            f"{ratio:>10}"
         )
     return "\n".join(lines)
 
@@ -366,46 +364,48 @@ def main() -> int:
         rss_warm = {p.name: p.rss_mib() for p in (baseline, service)}
 
         # Round-major: each round measures both sides at every concurrency (alternately),
-        # then the service with 64-file uploads, so a round's 64-file figure is divided by
-        # the baseline's best single-image rate measured minutes, not a whole run, earlier.
+        # then both with multi-file uploads, so a round's multi-file figure is divided by
+        # the baseline's rates measured minutes, not a whole run, earlier.
         rounds: list[list[Run]] = []  # every measurement, in the order taken
         forward_s = 0.0
+        sides = (baseline, service)
+        many = (args.files_concurrency, args.files, args.duration, setup)
         for _ in range(args.rounds):
-            rounds.append(
-                [
-                    wrk(proc, listing, c, 1, args.duration, setup)
-                    for c in levels
-                    for proc in (baseline, service)
-                ]
-            )
+            rs = [wrk(p, listing, c, 1, args.duration, setup) for c in levels for p in sides]
+            rs.append(wrk(baseline, listing, *many))
             forward0 = forward_seconds(service)
-            rounds[-1].append(
-                wrk(service, listing, args.files_concurrency, args.files, args.duration, setup)
-            )
+            rs.append(wrk(service, listing, *many))
             forward_s += forward_seconds(service) - forward0
-        # Per round: 64-file images/s over that round's best baseline req/s.
+            rounds.append(rs)
+        # Per round: the service's multi-file images/s over that round's best baseline
+        # single-image req/s (the CPU target) and over the baseline's multi-file images/s.
         paired = [
-            rs[-1].images_per_s / max(r.rps for r in rs if r.side == "baseline") for rs in rounds
+            rs[-1].images_per_s / max(r.rps for r in rs if r.side == "baseline" and r.files == 1)
+            for rs in rounds
         ]
-        runs = [median_run([rs[i] for rs in rounds]) for i in range(2 * len(levels))]
-        base_by_c = {r.concurrency: r for r in runs if r.side == "baseline"}
+        files_paired = [rs[-1].images_per_s / rs[-2].images_per_s for rs in rounds]
+        runs = [median_run([rs[i] for rs in rounds]) for i in range(len(rounds[0]))]
         batches = [rs[-1] for rs in rounds]
-        forward_share = forward_s / sum(b.duration_s for b in batches)
-        batch = median_run(batches)
+        # The metric sums over the worker processes' batch workers (one per process here).
+        forward_share = forward_s / sum(b.duration_s for b in batches) / setup.workers
+        batch = runs[-1]
         paired_ratio = statistics.median(paired)
+        files_ratio = statistics.median(files_paired)
         rss_after = {p.name: p.rss_mib() for p in (baseline, service)}
 
         print()
-        print(table([*runs, batch], base_by_c, paired_ratio))
-        best_base = max(r.rps for r in base_by_c.values())
+        print(table(runs))
+        best_base = max(r.rps for r in runs if r.side == "baseline" and r.files == 1)
         print(
             f"\n{args.files} files/request at c={args.files_concurrency}: "
             f"{batch.images_per_s:.0f} images/s (median of {len(batches)}); each round's "
             f"images/s over the baseline's best single-image req/s in the same round: "
             f"{', '.join(f'{x:.1f}x' for x in paired)} -> median {paired_ratio:.1f}x "
             f"(over the best median row above, {best_base:.0f} req/s: "
-            f"{batch.images_per_s / best_base:.1f}x); forward passes: {forward_share:.0%} of "
-            f"the service's wall time (summed over its batch workers)"
+            f"{batch.images_per_s / best_base:.1f}x); over the baseline's own {args.files}-file "
+            f"images/s: {', '.join(f'{x:.1f}x' for x in files_paired)} -> median "
+            f"{files_ratio:.1f}x; forward passes: {forward_share:.0%} of its batch workers' wall "
+            f"time (mean over {setup.workers} worker process(es))"
         )
         print("\ncold start (process start -> ready):", end="")
         for p in (baseline, service):
@@ -415,11 +415,13 @@ def main() -> int:
             print(f"  {p.name} {rss_warm[p.name]:.1f} -> {rss_after[p.name]:.1f}", end="")
         print()
         report |= {
-            "runs": [asdict(r) for r in [*runs, batch]],
+            "runs": [asdict(r) for r in runs],
             "rounds": [[asdict(r) for r in rs] for rs in rounds],
             "batch_vs_best_baseline": batch.images_per_s / best_base,
             "batch_vs_best_baseline_per_round": paired,
             "batch_vs_best_baseline_paired": paired_ratio,
+            "batch_vs_baseline_batch_per_round": files_paired,
+            "batch_vs_baseline_batch_paired": files_ratio,
             "batch_forward_share_of_wall": forward_share,
             "cold_start_s": {p.name: p.cold_start_s for p in (baseline, service)},
             "rss_mib_after_warmup": rss_warm,

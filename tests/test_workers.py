@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import Settings
+from app.config import Settings, usable_cores
 from tests.helpers import encode, spawn, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,12 @@ def test_workers_default_follows_the_device() -> None:
     assert s.worker_count("cpu") >= 1
     assert 1 <= s.worker_count("cuda") <= 8
     assert Settings(workers=3).worker_count("cpu") == 3
-    assert Settings(workers=2, torch_threads=None).threads_per_worker() >= 1
+    cores = usable_cores()
+    assert Settings(workers=2).threads_per_worker("cpu") == max(1, cores // 2)
+    assert Settings(workers=None).threads_per_worker("cpu") == 1
+    gpu_workers = max(1, min(cores // 2, 8))
+    assert Settings(workers=None).threads_per_worker("cuda") == max(1, cores // gpu_workers)
+    assert Settings(workers=2, torch_threads=3).threads_per_worker("cuda") == 3
 
 
 def test_two_workers_serve_and_drain_on_sigterm(mnist_test) -> None:

@@ -1,0 +1,92 @@
+"""The service's forward pass on a GPU, by batch size, and where its time goes.
+
+    python bench/gpu_forward.py [--model mnist-lenet5] [--repeat 200]
+
+Times :meth:`app.batching.BatchEngine.forward` (pinned copy in, model, softmax, copy of the
+probabilities back) on ``cuda`` at batch sizes 1 to 256, wall clock per call as a batch
+worker sees it (median of ``--repeat`` calls after a warm-up), and beside it the parts: the
+copy in alone, the model and softmax alone (inputs already on the GPU, synchronized), and
+the copy back alone. One torch thread, as in the service. Prints microseconds per call and
+per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.batching import BatchEngine
+from training.loader import load_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def median_us(fn: Callable[[], object], repeat: int) -> float:
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="mnist-lenet5")
+    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--sizes", default="1,4,16,64,256")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("needs CUDA")
+    torch.set_num_threads(1)
+    device = torch.device("cuda")
+    loaded = load_model(REPO / "models" / args.model, device)
+    engine = BatchEngine(loaded, max_batch_size=256)
+    spec = loaded.manifest.input
+    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.model}")
+    print(
+        f"{'batch':>5} {'forward us':>10} {'us/image':>9} {'copy in':>8} {'model+softmax':>13} "
+        f"{'copy back':>9}"
+    )
+    for n in (int(s) for s in args.sizes.split(",")):
+        x = torch.randn(n, spec.channels, spec.height, spec.width)
+        on_gpu = x.to(device)
+
+        def copy_in(x: torch.Tensor = x) -> None:
+            x.pin_memory().to(device, non_blocking=True)
+            torch.cuda.synchronize()
+
+        def model(on_gpu: torch.Tensor = on_gpu) -> None:
+            with torch.inference_mode():
+                torch.softmax(engine.model(on_gpu).float(), dim=1)
+            torch.cuda.synchronize()
+
+        with torch.inference_mode():
+            probs = torch.softmax(engine.model(on_gpu).float(), dim=1)
+
+        def copy_back(probs: torch.Tensor = probs) -> None:
+            probs.cpu()
+
+        def forward(x: torch.Tensor = x) -> None:
+            engine.forward(x)
+
+        whole = median_us(forward, args.repeat)
+        parts = [median_us(f, args.repeat) for f in (copy_in, model, copy_back)]
+        print(
+            f"{n:>5} {whole:>10.1f} {whole / n:>9.2f} {parts[0]:>8.1f} {parts[1]:>13.1f} "
+            f"{parts[2]:>9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
