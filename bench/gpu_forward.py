@@ -6,8 +6,9 @@ Times :meth:`app.batching.BatchEngine.forward` (pinned copy in, model, softmax, 
 probabilities back) on ``cuda`` at batch sizes 1 to 256, wall clock per call as a batch
 worker sees it (median of ``--repeat`` calls after a warm-up), and beside it the parts: the
 copy in alone, the model and softmax alone (inputs already on the GPU, synchronized), and
-the copy back alone. One torch thread, as in the service. Prints microseconds per call and
-per image.
+the copy back alone; and the CPU time the calling thread spends per call (a synchronizing
+copy spin-waits by default), against the same pass waited for by a blocking CUDA event.
+One torch thread, as in the service. Prints microseconds per call and per image.
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ from training.loader import load_model
 REPO = Path(__file__).resolve().parent.parent
 
 
-def median_us(fn: Callable[[], object], repeat: int) -> float:
+def median_us(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median wall time and mean CPU time of the calling thread, in microseconds per call."""
     for _ in range(20):
         fn()
     times = []
+    cpu0 = time.thread_time()
     for _ in range(repeat):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
+    return statistics.median(times) * 1e6, (time.thread_time() - cpu0) / repeat * 1e6
 
 
 def main() -> None:
@@ -55,8 +58,8 @@ def main() -> None:
     spec = loaded.manifest.input
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.model}")
     print(
-        f"{'batch':>5} {'forward us':>10} {'us/image':>9} {'copy in':>8} {'model+softmax':>13} "
-        f"{'copy back':>9}"
+        f"{'batch':>5} {'forward us':>10} {'us/image':>9} {'CPU us':>7} {'copy in':>8} "
+        f"{'model+softmax':>13} {'copy back':>9} {'blocking sync':>13} {'CPU us':>7}"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         x = torch.randn(n, spec.channels, spec.height, spec.width)
@@ -80,11 +83,22 @@ def main() -> None:
         def forward(x: torch.Tensor = x) -> None:
             engine.forward(x)
 
-        whole = median_us(forward, args.repeat)
-        parts = [median_us(f, args.repeat) for f in (copy_in, model, copy_back)]
+        def blocking(x: torch.Tensor = x) -> None:
+            # The same pass, waited for by a blocking event instead of .cpu()'s spin.
+            with torch.inference_mode():
+                xg = x.pin_memory().to(device, non_blocking=True)
+                out = torch.softmax(engine.model(xg).float(), dim=1)
+                out.to("cpu", non_blocking=True)
+                done = torch.cuda.Event(blocking=True)
+                done.record()
+                done.synchronize()
+
+        whole, cpu = median_us(forward, args.repeat)
+        parts = [median_us(f, args.repeat)[0] for f in (copy_in, model, copy_back)]
+        block, block_cpu = median_us(blocking, args.repeat)
         print(
-            f"{n:>5} {whole:>10.1f} {whole / n:>9.2f} {parts[0]:>8.1f} {parts[1]:>13.1f} "
-            f"{parts[2]:>9.1f}"
+            f"{n:>5} {whole:>10.1f} {whole / n:>9.2f} {cpu:>7.1f} {parts[0]:>8.1f} "
+            f"{parts[1]:>13.1f} {parts[2]:>9.1f} {block:>13.1f} {block_cpu:>7.1f}"
         )
 
 
