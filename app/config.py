@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     # worker processes (each has its own event loop and GIL). Measured in bench/RESULTS.md.
     torch_threads: int | None = Field(None, ge=1)
     # On the CPU, serve each model as TorchScript optimized for inference (oneDNN
-    # convolutions with prepacked weights): ~2x faster forward passes (app/optimize.py).
+    # convolutions with prepacked weights): ~2x faster forward passes; on a GPU, as CUDA
+    # graphs, one launch per pass instead of one per layer (app/optimize.py).
     optimize: bool = True
     # Server worker processes sharing the port; each loads the models and has its own batch
     # workers. Default: on the CPU one per usable core (the HTTP and decode work is

@@ -11,7 +11,7 @@ from app.batching import BatchEngine
 from app.config import Settings
 from app.errors import ModelNotFound, NotReady
 from app.metrics import Metrics
-from app.optimize import Forward, optimized_for_cpu
+from app.optimize import Forward, graphed_for_cuda, optimized_for_cpu
 from training.device import resolve_device
 from training.loader import LoadedModel, ModelLoadError, discover, load_model
 
@@ -99,9 +99,11 @@ class Registry:
             spec = loaded.manifest.input
             shape = (spec.channels, spec.height, spec.width)
             model: Forward = loaded.model
-            if device.type == "cpu" and s.optimize:
+            if s.optimize and device.type == "cpu":
                 example = torch.randn(8, *shape, generator=torch.Generator().manual_seed(0))
                 model = optimized_for_cpu(loaded.model, example, name)
+            elif s.optimize and device.type == "cuda":
+                model = graphed_for_cuda(loaded.model, shape, batch, device, name)
             engine = BatchEngine(
                 loaded, batch, s.max_batch_delay_ms, self.metrics.observe_batch, model
             )

@@ -6,8 +6,10 @@ Times :meth:`app.batching.BatchEngine.forward` (pinned copy in, model, softmax, 
 probabilities back) on ``cuda`` at batch sizes 1 to 256, wall clock per call as a batch
 worker sees it (median of ``--repeat`` calls after a warm-up), and beside it the parts: the
 copy in alone, the model and softmax alone (inputs already on the GPU, synchronized), and
-the copy back alone; and the CPU time the calling thread spends per call (a synchronizing
-copy spin-waits by default), against the same pass waited for by a blocking CUDA event.
+the copy back alone; the CPU time the calling thread spends per call (a synchronizing
+copy spin-waits by default), against the same pass waited for by a blocking CUDA event;
+and the pass as the service runs it by default, replayed from CUDA graphs
+(app/optimize.py). The first columns are the eager model.
 One torch thread, as in the service. Prints microseconds per call and per image.
 """
 
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.batching import BatchEngine
+from app.optimize import graphed_for_cuda
 from training.loader import load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,10 +59,15 @@ def main() -> None:
     loaded = load_model(REPO / "models" / args.model, device)
     engine = BatchEngine(loaded, max_batch_size=256)
     spec = loaded.manifest.input
+    shape = (spec.channels, spec.height, spec.width)
+    graphed = BatchEngine(
+        loaded, 256, model=graphed_for_cuda(loaded.model, shape, 256, device, args.model)
+    )
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.model}")
     print(
         f"{'batch':>5} {'forward us':>10} {'us/image':>9} {'CPU us':>7} {'copy in':>8} "
-        f"{'model+softmax':>13} {'copy back':>9} {'blocking sync':>13} {'CPU us':>7}"
+        f"{'model+softmax':>13} {'copy back':>9} {'blocking sync':>13} {'CPU us':>7} "
+        f"{'graphed':>8} {'CPU us':>7}"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         x = torch.randn(n, spec.channels, spec.height, spec.width)
@@ -89,16 +97,22 @@ def main() -> None:
                 xg = x.pin_memory().to(device, non_blocking=True)
                 out = torch.softmax(engine.model(xg).float(), dim=1)
                 out.to("cpu", non_blocking=True)
-                done = torch.cuda.Event(blocking=True)
+                done = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
                 done.record()
                 done.synchronize()
 
         whole, cpu = median_us(forward, args.repeat)
         parts = [median_us(f, args.repeat)[0] for f in (copy_in, model, copy_back)]
         block, block_cpu = median_us(blocking, args.repeat)
+
+        def replayed(x: torch.Tensor = x) -> None:
+            graphed.forward(x)
+
+        graph, graph_cpu = median_us(replayed, args.repeat)
         print(
             f"{n:>5} {whole:>10.1f} {whole / n:>9.2f} {cpu:>7.1f} {parts[0]:>8.1f} "
-            f"{parts[1]:>13.1f} {parts[2]:>9.1f} {block:>13.1f} {block_cpu:>7.1f}"
+            f"{parts[1]:>13.1f} {parts[2]:>9.1f} {block:>13.1f} {block_cpu:>7.1f} "
+            f"{graph:>8.1f} {graph_cpu:>7.1f}"
         )
 
 

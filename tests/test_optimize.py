@@ -1,4 +1,5 @@
-"""app/optimize.py: the CPU forward pass the service runs."""
+"""app/optimize.py: the forward pass the service runs (TorchScript on the CPU, CUDA graphs
+on a GPU)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from app.optimize import TOLERANCE, optimized_for_cpu
+from app.optimize import (
+    TOLERANCE,
+    GraphedForward,
+    bucket_sizes,
+    graphed_for_cuda,
+    optimized_for_cpu,
+)
 from training.loader import discover, load_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -78,5 +85,57 @@ def test_the_setting_picks_what_the_engine_runs(optimize: bool) -> None:
             assert isinstance(serving.engine.model, torch.jit.ScriptModule)
         else:
             assert serving.engine.model is serving.loaded.model
+    finally:
+        registry.close()
+
+
+def test_graph_buckets_cover_every_batch_size_up_to_the_limit() -> None:
+    assert bucket_sizes(1) == [1]
+    assert bucket_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert bucket_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    for limit in (1, 2, 3, 64, 100, 256):
+        sizes = bucket_sizes(limit)
+        assert sizes == sorted(set(sizes))
+        assert sizes[-1] == limit
+        # The bucket a batch runs in is at most twice its size.
+        for n in range(1, limit + 1):
+            assert n <= min(s for s in sizes if s >= n) < 2 * n
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("folder", discover(MODELS), ids=lambda p: p.name)
+def test_every_shipped_model_replays_as_cuda_graphs_and_agrees_with_eager(folder: Path) -> None:
+    device = torch.device("cuda")
+    loaded = load_model(folder, device)
+    spec = loaded.manifest.input
+    shape = (spec.channels, spec.height, spec.width)
+    forward = graphed_for_cuda(loaded.model, shape, 256, device, loaded.name)
+    assert isinstance(forward, GraphedForward)
+    generator = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        # Sizes between buckets, and a large batch before a small one (the small one's
+        # padding rows then hold the large one's images).
+        for n in (256, 5, 1, 100, 64, 2, 300):  # 300: past the graphs, eager
+            x = torch.randn(n, *shape, generator=generator).to(device)
+            want = loaded.model(x)
+            got = forward(x)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, rtol=0, atol=TOLERANCE)
+            assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+@pytest.mark.gpu
+def test_the_service_on_cuda_runs_cuda_graphs() -> None:
+    from app.config import Settings
+    from app.metrics import Metrics
+    from app.registry import Registry
+
+    settings = Settings(models_dir=MODELS, models=["mnist-lenet5"], device="cuda")
+    registry = Registry(settings, Metrics())
+    registry.load()
+    try:
+        engine = registry.get("mnist-lenet5").engine
+        assert isinstance(engine.model, GraphedForward)
+        assert engine.model.sizes[-1] == engine.max_batch_size
     finally:
         registry.close()
