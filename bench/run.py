@@ -3,7 +3,7 @@
     python bench/run.py                 # the table (about 3 minutes)
     python bench/run.py --soak 100000   # + resident memory over 100,000 requests
     python bench/run.py --device cuda --workers 8 --server-cores 0-7 --client-cores 8-15 \
-        --wrk-threads 4 --concurrency 64 --files-concurrency 16    # the GPU comparison
+        --wrk-threads 4 --rounds 3                                  # the GPU comparison
 
 Starts the service (``python -m app``, one worker, one torch thread) and the plain baseline
 (``bench/baseline.py``: sync endpoint, one image per forward pass, the same model loader and
