@@ -57,9 +57,9 @@ def main() -> None:
     torch.set_num_threads(1)
     device = torch.device("cuda")
     loaded = load_model(REPO / "models" / args.model, device)
-    engine = BatchEngine(loaded, max_batch_size=256)
     spec = loaded.manifest.input
     shape = (spec.channels, spec.height, spec.width)
+    engine = BatchEngine(loaded, 256)  # the eager model
     graphed = BatchEngine(
         loaded, 256, model=graphed_for_cuda(loaded.model, shape, 256, device, args.model)
     )
@@ -70,7 +70,7 @@ def main() -> None:
         f"{'graphed':>8} {'CPU us':>7}"
     )
     for n in (int(s) for s in args.sizes.split(",")):
-        x = torch.randn(n, spec.channels, spec.height, spec.width)
+        x = torch.randn(n, *shape)
         on_gpu = x.to(device)
 
         def copy_in(x: torch.Tensor = x) -> None:
