@@ -1,18 +1,17 @@
-"""The forward pass the service runs: on the CPU, TorchScript frozen and optimized for
-inference; on a GPU, CUDA graphs replayed.
+"""The forward pass the service runs: on the CPU, the model exported to ONNX and run by
+ONNX Runtime; on a GPU, CUDA graphs replayed.
 
-``torch.jit.optimize_for_inference`` turns the eager model into a graph whose
-convolutions run on oneDNN with their weights prepacked once, ReLU in place and the
-activations kept in oneDNN's blocked layout from the first convolution to the last
-pooling; linear layers get their weights pre-transposed. On one thread that halves the
-LeNet-5 and Fashion-CNN forward pass at batch 64 (bench/RESULTS.md). The weights are the
-loaded ones (:func:`training.loader.load_model` is still the one place they are read).
-
-TorchScript is deprecated in favour of ``torch.compile``, which needs a C++ compiler at
-run time and tens of seconds of compilation per model and shape; with torch pinned
-(pyproject.toml) the TorchScript path is stable. If scripting ever fails, or the result
-differs from the eager model, the eager model is served and a warning says why.
-``MNIST_SERVE_OPTIMIZE=false`` turns it off (on either device).
+On the CPU, :class:`OnnxForward` exports the loaded model once at start-up
+(``torch.onnx.export`` with ``dynamo=True``, the batch dimension dynamic) and runs it in an
+ONNX Runtime session on the worker's torch threads. These networks are small enough that a
+framework's per-operation cost is most of a small batch's forward pass: the TorchScript
+graph optimized for inference (oneDNN, what was served before) spent ~130 of its 153 us at
+batch 1 outside the two convolutions (5-8 us each), while ONNX Runtime runs LeNet-5 in 26
+us at batch 1 and 14.7 us per image at batch 64 against 16.6 (bench/RESULTS.md). The
+weights are the loaded ones (:func:`training.loader.load_model` is still the one place
+they are read); exporting takes ~1-1.6 s per model at start-up. If the export or the
+session fails, or the result differs from the eager model, the eager model is served and a
+warning says why. ``MNIST_SERVE_OPTIMIZE=false`` turns it off (on either device).
 
 On a GPU these models' kernels take microseconds; what costs is launching them: ~13 kernel
 launches per pass, 0.23-0.4 ms of host CPU per pass at batch 1 to 64 on the H100 host
@@ -30,7 +29,6 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -38,28 +36,65 @@ from torch import nn
 
 log = logging.getLogger("app")
 
+# torch.onnx's exporter runs onnxscript's and onnx_ir's graph passes, which log every step at
+# INFO: some forty lines per start-up that say nothing to an operator.
+for _chatty in ("onnxscript", "onnx_ir"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 # The optimized graph sums in another order; outputs (logits) agree to ~1e-6.
 TOLERANCE = 1e-4
 
 
+class OnnxForward:
+    """``model`` exported to ONNX and run by ONNX Runtime on the CPU (see the module's
+    docstring); ``example`` is a batch of inputs of the shape the model takes (its first
+    dimension, the batch, may then be any size). Safe to call from several threads."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+        import onnxruntime as ort  # only the CPU path needs it
+
+        program = torch.onnx.export(
+            copy.deepcopy(model).eval(),
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
+        assert program is not None  # None only when exporting to a file
+        options = ort.SessionOptions()
+        # Its own intra-op threads, as many as torch's; idle ones sleep instead of spinning
+        # on a core the event loop needs.
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self._session.run(None, {self._input: x.contiguous().numpy()})
+        return torch.from_numpy(out)
+
+
 def optimized_for_cpu(model: nn.Module, example: torch.Tensor, name: str) -> Forward:
-    """``model`` scripted, frozen and optimized, checked against itself on ``example``
-    (a batch of inputs); the eager model when that cannot be done."""
+    """``model`` as an :class:`OnnxForward`, checked against itself on ``example`` and on its
+    first row (another batch size); the eager model when that cannot be done."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
-            scripted = torch.jit.script(copy.deepcopy(model).eval())
-            optimized = torch.jit.optimize_for_inference(scripted)
+        optimized = OnnxForward(model, example)
+        difference = 0.0
         with torch.inference_mode():
-            want = model(example)
-            got = optimized(example)
-            got = optimized(example)  # the second call runs the fully optimized graph
-    except Exception as exc:  # any scripting failure: serve the eager model
-        log.warning("%s: serving the eager model (TorchScript failed: %s)", name, exc)
+            for x in (example, example[:1]):
+                want, got = model(x), optimized(x)
+                if got.shape != want.shape:
+                    difference = float("inf")
+                    break
+                difference = max(difference, (got - want).abs().max().item())
+    except Exception as exc:  # any export or runtime failure: serve the eager model
+        log.warning("%s: serving the eager model (ONNX export or Runtime failed: %s)", name, exc)
         return model
-    difference = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
     if not difference <= TOLERANCE:
         log.warning(
             "%s: serving the eager model (the optimized one differs by %.3g)", name, difference

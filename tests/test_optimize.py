@@ -1,4 +1,4 @@
-"""app/optimize.py: the forward pass the service runs (TorchScript on the CPU, CUDA graphs
+"""app/optimize.py: the forward pass the service runs (ONNX Runtime on the CPU, CUDA graphs
 on a GPU)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 from app.optimize import (
     TOLERANCE,
     GraphedForward,
+    OnnxForward,
     bucket_sizes,
     graphed_for_cuda,
     optimized_for_cpu,
@@ -28,46 +29,64 @@ def test_every_shipped_model_is_optimized_and_agrees_with_eager(folder: Path) ->
     spec = loaded.manifest.input
     shape = (spec.channels, spec.height, spec.width)
     forward = optimized_for_cpu(loaded.model, torch.randn(8, *shape), loaded.name)
-    assert isinstance(forward, torch.jit.ScriptModule)
-    x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(1))
+    assert isinstance(forward, OnnxForward)
+    x = torch.randn(300, *shape, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        for batch in (x, x[:1], x[:7]):  # other batch sizes than the check's
+        # Other batch sizes than the check's, past the batch limit too; a strided view.
+        for batch in (x[:64], x[:1], x[:7], x, x[::2]):
             want, got = loaded.model(batch), forward(batch)
             assert got.shape == want.shape
             assert torch.allclose(got, want, rtol=0, atol=TOLERANCE)
             assert torch.equal(got.argmax(1), want.argmax(1))
 
 
-class _Unscriptable(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(x.numpy() * 2)  # numpy: TorchScript cannot compile it
-
-
 class _Different(nn.Module):
-    """Scripts fine, but is not what the eager module computes (a stand-in for a
-    miscompilation)."""
+    """Exports fine, but is not what the eager module computes (a stand-in for a
+    runtime that computes something else)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + 1.0
 
 
-def test_a_model_that_cannot_be_scripted_is_served_eager(
-    caplog: pytest.LogCaptureFixture,
+def test_a_model_that_cannot_be_exported_is_served_eager(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = _Unscriptable()
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    model = nn.Linear(3, 2).eval()
     with caplog.at_level(logging.WARNING, logger="app"):
         assert optimized_for_cpu(model, torch.ones(2, 3), "odd") is model
-    assert "odd: serving the eager model (TorchScript failed" in caplog.text
+    assert (
+        "odd: serving the eager model (ONNX export or Runtime failed: unsupported operator)"
+        in caplog.text
+    )
 
 
 def test_an_optimized_model_that_differs_is_not_served(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _Different()
-    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: lambda x: x)
+    monkeypatch.setattr(OnnxForward, "__call__", lambda self, x: x)
     with caplog.at_level(logging.WARNING, logger="app"):
         assert optimized_for_cpu(model, torch.ones(2, 3), "drifty") is model
     assert "drifty: serving the eager model (the optimized one differs by 1)" in caplog.text
+
+
+def test_the_onnx_forward_keeps_torch_threads_and_does_not_spin() -> None:
+    """ONNX Runtime gets as many intra-op threads as torch has (the worker's share of the
+    cores), and they sleep when idle instead of spinning on a core the event loop needs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        forward = OnnxForward(nn.Linear(3, 2).eval(), torch.ones(4, 3))
+    finally:
+        torch.set_num_threads(before)
+    options = forward._session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 @pytest.mark.parametrize("optimize", [True, False])
@@ -82,7 +101,7 @@ def test_the_setting_picks_what_the_engine_runs(optimize: bool) -> None:
     try:
         serving = registry.get("mnist-lenet5")
         if optimize:
-            assert isinstance(serving.engine.model, torch.jit.ScriptModule)
+            assert isinstance(serving.engine.model, OnnxForward)
         else:
             assert serving.engine.model is serving.loaded.model
     finally:
