@@ -9,7 +9,7 @@ graph optimized for inference (oneDNN, what was served before) spent ~130 of its
 batch 1 outside the two convolutions (5-8 us each), while ONNX Runtime runs LeNet-5 in 26
 us at batch 1 and 14.7 us per image at batch 64 against 16.6 (bench/RESULTS.md). The
 weights are the loaded ones (:func:`training.loader.load_model` is still the one place
-they are read); exporting takes ~1-1.6 s per model at start-up. If the export or the
+they are read); exporting takes ~0.6-1.6 s per model at start-up. If the export or the
 session fails, or the result differs from the eager model, the eager model is served and a
 warning says why. ``MNIST_SERVE_OPTIMIZE=false`` turns it off (on either device).
 
