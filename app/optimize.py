@@ -29,12 +29,18 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
+import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 log = logging.getLogger("app")
+
+# ONNX Runtime (1.32) otherwise sets up telemetry when its first session is made: it writes a
+# device ID under ~/.cache (and logs a warning where it cannot, as in a read-only container).
+# A server has no use for either; read when onnxruntime is imported, so set here, first.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # torch.onnx's exporter runs onnxscript's and onnx_ir's graph passes, which log every step at
 # INFO: some forty lines per start-up that say nothing to an operator.

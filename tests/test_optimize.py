@@ -4,6 +4,9 @@ on a GPU)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +90,33 @@ def test_the_onnx_forward_keeps_torch_threads_and_does_not_spin() -> None:
     assert options.intra_op_num_threads == 2
     assert options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_the_onnx_forward_writes_nothing_to_the_home_folder(tmp_path: Path) -> None:
+    """In a fresh process (ONNX Runtime sets up once per process): making a session leaves
+    HOME and XDG_CACHE_HOME empty (no telemetry device ID) and logs no warning, as a
+    read-only container needs."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from app.optimize import OnnxForward\n"
+        "OnnxForward(nn.Linear(3, 2).eval(), torch.ones(4, 3))(torch.ones(1, 3))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env |= {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=MODELS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(home.rglob("*")) == []
+    assert "telemetry" not in done.stderr.lower()
 
 
 @pytest.mark.parametrize("optimize", [True, False])
