@@ -15,10 +15,11 @@ deprecated: 0.01-0.08 s per model. The supported ``dynamo=True`` exporter took 0
 and ~65 MiB more per process, needs onnxscript, and calls ``ast.parse`` ~500 times per
 export: the likely cause of a ``SystemError: AST constructor recursion depth mismatch``
 in a fresh-clone test run (pytest parsing a module in the main thread while models loaded
-in the background; Python 3.11's AST conversion keeps that depth in shared state). With torch pinned (pyproject.toml) the TorchScript-based exporter is stable;
-if it ever fails, or the result differs from the eager model, the eager model is served and
-a warning says why (and tests/test_optimize.py fails). ``MNIST_SERVE_OPTIMIZE=false``
-turns it off (on either device).
+in the background; Python 3.11's AST conversion keeps that depth in shared state). With
+torch pinned (pyproject.toml) the TorchScript-based exporter is stable; if it ever fails,
+or the result differs from the eager model, the eager model is served and a warning says
+why (and tests/test_optimize.py fails). ``MNIST_SERVE_OPTIMIZE=false`` turns it off (on
+either device).
 
 On a GPU these models' kernels take microseconds; what costs is launching them: ~13 kernel
 launches per pass, 0.23-0.4 ms of host CPU per pass at batch 1 to 64 on the H100 host
