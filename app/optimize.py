@@ -40,7 +40,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -95,28 +95,47 @@ class OnnxForward:
         return torch.from_numpy(out)
 
 
-def optimized_for_cpu(model: nn.Module, example: torch.Tensor, name: str) -> Forward:
-    """``model`` as an :class:`OnnxForward`, checked against itself on ``example`` and on its
-    first row (another batch size); the eager model when that cannot be done."""
+def _checked(
+    model: nn.Module,
+    build: Callable[[], Forward],
+    batches: Callable[[], Iterable[torch.Tensor]],
+    name: str,
+    failure: str,
+    difference_is: str,
+) -> Forward:
+    """``build()`` if it computes what ``model`` does (within :data:`TOLERANCE`) on every one
+    of ``batches()``; else the eager model, with a warning that says why: ``failure`` names
+    what raised, ``difference_is`` what differed."""
     try:
-        optimized = OnnxForward(model, example)
+        optimized = build()
         difference = 0.0
         with torch.inference_mode():
-            for x in (example, example[:1]):
+            for x in batches():
                 want, got = model(x), optimized(x)
                 if got.shape != want.shape:
                     difference = float("inf")
                     break
                 difference = max(difference, (got - want).abs().max().item())
-    except Exception as exc:  # any export or runtime failure: serve the eager model
-        log.warning("%s: serving the eager model (ONNX export or Runtime failed: %s)", name, exc)
+    except Exception as exc:  # any export, capture or runtime failure: serve the eager model
+        log.warning("%s: serving the eager model (%s failed: %s)", name, failure, exc)
         return model
     if not difference <= TOLERANCE:
-        log.warning(
-            "%s: serving the eager model (the optimized one differs by %.3g)", name, difference
-        )
+        log.warning("%s: serving the eager model (%s by %.3g)", name, difference_is, difference)
         return model
     return optimized
+
+
+def optimized_for_cpu(model: nn.Module, example: torch.Tensor, name: str) -> Forward:
+    """``model`` as an :class:`OnnxForward`, checked against itself on ``example`` and on its
+    first row (another batch size); the eager model when that cannot be done."""
+    return _checked(
+        model,
+        lambda: OnnxForward(model, example),
+        lambda: (example, example[:1]),
+        name,
+        "ONNX export or Runtime",
+        "the optimized one differs",
+    )
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -170,22 +189,17 @@ def graphed_for_cuda(
 ) -> Forward:
     """``model`` as a :class:`GraphedForward`, checked against itself on random batches of
     several sizes; the eager model when capture fails or the results differ."""
-    try:
-        graphed = GraphedForward(model, shape, max_batch, device)
+
+    def batches() -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(0)
-        difference = 0.0
-        with torch.inference_mode():
-            for n in sorted({n for n in (1, 3, max_batch // 2 + 1, max_batch) if n <= max_batch}):
-                x = torch.randn(n, *shape, generator=generator).to(device)
-                want = model(x)
-                got = graphed(x)
-                difference = max(difference, (got - want).abs().max().item())
-    except Exception as exc:  # capture is not possible for every model or driver
-        log.warning("%s: serving the eager model (CUDA graph capture failed: %s)", name, exc)
-        return model
-    if not difference <= TOLERANCE:
-        log.warning(
-            "%s: serving the eager model (the CUDA graphs differ by %.3g)", name, difference
-        )
-        return model
-    return graphed
+        for n in sorted({n for n in (1, 3, max_batch // 2 + 1, max_batch) if n <= max_batch}):
+            yield torch.randn(n, *shape, generator=generator).to(device)
+
+    return _checked(
+        model,
+        lambda: GraphedForward(model, shape, max_batch, device),
+        batches,
+        name,
+        "CUDA graph capture",
+        "the CUDA graphs differ",
+    )
