@@ -2,58 +2,52 @@
 ``image/*`` body.
 
 The body is read straight from the ASGI ``receive`` channel and fed, chunk by chunk, to
-python-multipart's streaming parser, keeping only the bytes of the ``file`` parts. This is
-what Starlette's form parser does too, less what /predict does not need: a spooled
-temporary file, an ``UploadFile`` and a ``Headers`` object per part, and
-``parse_options_header`` on every part's ``Content-Disposition`` (the common
-``form-data; name="..."; filename="..."`` form is read by one anchored pattern, anything
-else still goes through python-multipart's parser). On a 64-file upload that cut the
-parsing from ~35 to ~10 us per part (bench/RESULTS.md).
+the sans-IO ``PushMultipartParser`` of `multipart <https://multipart.readthedocs.io/>`_,
+keeping only the bytes of the ``file`` parts: what Starlette's form parser does, less
+what /predict does not need (a spooled temporary file, an ``UploadFile`` and a
+``Headers`` object per part). That parser finds delimiters and header lines with
+``bytes.find``; python-multipart, used here before, walks each part's headers byte by
+byte in Python: on a 64-file upload 10 us per part against 4 (bench/RESULTS.md), on the
+event loop.
 
 Limits: the body size is enforced as it streams (``BodyLimitMiddleware``); the number of
-file parts here (413); python-multipart bounds the header count and size per part.
+file parts (413) and of other fields here; the parser bounds the size and number of each
+part's header lines. A body that is not what an HTML5 form or an HTTP client sends is a
+400 that says what is wrong with it: a part without a Content-Disposition, a header line
+that is not ``name: value``, the boundary inside a part's data (RFC 2046 forbids it), a
+body that ends before its closing boundary.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeAlias
 
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from multipart import (
+    MultipartError,
+    MultipartSegment,
+    ParserError,
+    PushMultipartParser,
+    parse_options_header,
+)
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
-
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
 
 from app.errors import InvalidImage, NoFile, PayloadTooLarge, UnsupportedMediaType
 
 Upload = tuple[str, bytes]  # (name for messages, bytes)
 Receive = Callable[[], Awaitable[Message]]
+# What the parser yields (see _FormReader). multipart ships no type hints: to mypy,
+# MultipartSegment is Any.
+Event: TypeAlias = MultipartSegment | bytes | None
 
 MAX_FIELDS = 100  # non-file parts (ignored, but bounded)
-
-# The Content-Disposition every client library sends for a file part. Values without
-# quotes or backslashes inside read the same as through parse_options_header
-# (tests/test_uploads.py checks that); any other form goes through it.
-_SIMPLE_DISPOSITION = re.compile(rb'form-data; ?name="([^"\\]*)"(?:; ?filename="([^"\\]*)")?')
 
 
 def label(filename: str | None, index: int) -> str:
     """How an upload is named in error messages: ``file #2 ('scan.png')``."""
     name = (filename or "").strip()[:100]
     return f"file #{index} ({name!r})" if name else f"file #{index}"
-
-
-def disposition(value: bytes) -> tuple[bytes | None, bytes | None]:
-    """``(name, filename)`` of a part's ``Content-Disposition`` (None where absent)."""
-    simple = _SIMPLE_DISPOSITION.fullmatch(value)
-    if simple is not None:
-        return simple[1], simple[2]
-    _, options = parse_options_header(value)
-    return options.get(b"name"), options.get(b"filename")
 
 
 def _text(raw: bytes) -> str:
@@ -78,54 +72,30 @@ async def read_body(receive: Receive, feed: Callable[[bytes], object] | None = N
 
 
 class _FormReader:
-    """python-multipart callbacks that keep the ``file`` parts' bytes, in order."""
+    """Keeps the ``file`` parts' bytes, in order, from the parser's events: per part one
+    :class:`MultipartSegment` (its headers), its data as zero or more ``bytes``, then
+    ``None``."""
 
     def __init__(self, max_files: int) -> None:
         self.max_files = max_files
         self.uploads: list[Upload] = []
         self.files = 0  # parts with a filename, whatever their name
         self.fields = 0
-        self._field = bytearray()
-        self._value = bytearray()
-        self._disposition: bytes | None = None
         self._keep = False  # is the current part a 'file' upload?
         self._name = ""
         self._data: list[bytes] = []
-        self.ended = False  # has the closing boundary been read?
 
-    def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_end": self.on_end,
-            "on_part_begin": self.on_part_begin,
-            "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end,
-            "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value,
-            "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished,
-        }
+    def take(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if event is None:
+                self._end()
+            elif isinstance(event, MultipartSegment):
+                self._begin(event)
+            elif self._keep:
+                self._data.append(event)
 
-    def on_part_begin(self) -> None:
-        self._disposition = None
-        self._keep = False
-        self._data = []
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def on_header_end(self) -> None:
-        if self._field.lower() == b"content-disposition":
-            self._disposition = bytes(self._value)
-        self._field.clear()
-        self._value.clear()
-
-    def on_headers_finished(self) -> None:
-        name, filename = disposition(self._disposition or b"")
-        if name is None:
-            raise InvalidImage('malformed multipart body: a part has no Content-Disposition "name"')
+    def _begin(self, segment: MultipartSegment) -> None:
+        filename = segment.filename
         if filename is not None:
             self.files += 1
             if self.files > self.max_files:
@@ -136,41 +106,40 @@ class _FormReader:
                 raise InvalidImage(
                     f"malformed multipart body: more than {MAX_FIELDS} non-file fields"
                 )
-        if name != b"file":
+        if segment.name != "file":
             return  # other fields are ignored
         index = len(self.uploads) + 1
         if filename is None:
             raise NoFile(f"{label(None, index)}: the 'file' part must be a file upload")
         self._keep = True
-        self._name = label(_text(filename), index)
+        # Headers are read as latin-1 (any bytes); clients send file names as UTF-8.
+        self._name = label(_text(filename.encode("latin-1")), index)
 
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._keep:
-            self._data.append(data[start:end])
-
-    def on_part_end(self) -> None:
+    def _end(self) -> None:
         if self._keep:
             self.uploads.append((self._name, b"".join(self._data)))
+            self._keep = False
             self._data = []
-
-    def on_end(self) -> None:
-        self.ended = True
 
 
 async def read_multipart(content_type: bytes, receive: Receive, max_files: int) -> list[Upload]:
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
+    _, params = parse_options_header(content_type.decode("latin-1"))
+    boundary = params.get("boundary")
     if not boundary:
         raise InvalidImage("malformed multipart body: missing boundary in Content-Type")
     reader = _FormReader(max_files)
     try:
-        parser = MultipartParser(boundary, reader.callbacks())
-        await read_body(receive, parser.write)
-        parser.finalize()
-    except FormParserError:
-        raise InvalidImage("malformed multipart body: invalid multipart data") from None
-    if not reader.ended:  # python-multipart's finalize() does not check this
-        raise InvalidImage("malformed multipart body: it ends before its closing boundary")
+        parser = PushMultipartParser(boundary, header_charset="latin-1")
+        await read_body(receive, lambda chunk: reader.take(parser.parse(chunk)))
+    except MultipartError as exc:  # the parser's reason, e.g. "Malformed segment header"
+        reason = str(exc)
+        raise InvalidImage(f"malformed multipart body: {reason[:1].lower()}{reason[1:]}") from None
+    try:
+        parser.close()
+    except ParserError:
+        raise InvalidImage(
+            "malformed multipart body: it ends before its closing boundary"
+        ) from None
     if not reader.uploads:
         raise NoFile("no part named 'file' in the multipart body")
     return reader.uploads
