@@ -86,6 +86,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 Chunk = tuple[bytes, int, int]  # type, payload start, payload end
+_U32 = struct.Struct(">I").unpack_from  # a big-endian uint32, as PNG lengths and CRCs are
 
 
 def _check_png_crcs(data: bytes, name: str) -> list[Chunk] | None:
@@ -95,16 +96,17 @@ def _check_png_crcs(data: bytes, name: str) -> list[Chunk] | None:
 
     Returns the chunks up to IEND, or None when the file ends before IEND.
     """
+    view = memoryview(data)
+    size = len(data)
     at = len(_PNG_SIGNATURE)
     chunks: list[Chunk] = []
-    while at + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, at)
+    while at + 12 <= size:
+        (length,) = _U32(data, at)
         end = at + 8 + length
-        if end + 4 > len(data):
+        if end + 4 > size:
             return None
         kind = data[at + 4 : at + 8]
-        (crc,) = struct.unpack_from(">I", data, end)
-        if zlib.crc32(memoryview(data)[at + 4 : end]) != crc:
+        if zlib.crc32(view[at + 4 : end]) != _U32(data, end)[0]:
             label = kind.decode("latin-1") if kind.isalpha() else repr(kind)
             raise InvalidImage(f"{name}: PNG {label} chunk fails its CRC check (corrupt file)")
         chunks.append((kind, at + 8, end))
@@ -152,10 +154,11 @@ def _decode_plain_gray8(data: bytes, chunks: list[Chunk], name: str, max_pixels:
     size = height * (width + 1)
     inflate = zlib.decompressobj()
     produced = 0
+    view = memoryview(data)
     try:
         for kind, start, end in chunks:
             if kind == b"IDAT":
-                produced += len(inflate.decompress(data[start:end], size + 1 - produced))
+                produced += len(inflate.decompress(view[start:end], size + 1 - produced))
                 if produced > size:
                     break
     except zlib.error:

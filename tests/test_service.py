@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import zlib
@@ -17,6 +18,7 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from app.registry import Registry
+from app.routes.predict import render
 from tests.conftest import wait_until_ready
 from tests.helpers import MODELS_DIR, encode
 from training.loader import load_model
@@ -451,3 +453,13 @@ def test_models_sit_on_the_gpu_and_agree_with_the_cpu(mnist_test) -> None:
     for i, pred in enumerate(r.json()["predictions"]):
         served = torch.tensor([pred["probabilities"][str(k)] for k in range(10)])
         assert torch.allclose(served, offline[i], atol=1e-4)
+
+
+def test_render_names_the_first_of_equal_maxima() -> None:
+    probs = torch.tensor([[0.2, 0.4, 0.4], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    body = json.loads(render("m", ["a", "b", "c"], probs, top_k=2))
+    rows = body["predictions"]
+    assert [(r["label"], r["class_index"]) for r in rows] == [("b", 1), ("a", 0), ("c", 2)]
+    assert [r["probability"] for r in rows] == pytest.approx([0.4, 0.5, 0.8])
+    assert rows[0]["probabilities"] == pytest.approx({"a": 0.2, "b": 0.4, "c": 0.4})
+    assert [[t["label"] for t in r["top_k"]] for r in rows] == [["b", "c"], ["a", "b"], ["c", "a"]]

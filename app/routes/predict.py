@@ -134,8 +134,8 @@ def render(model_name: str, classes: list[str], probs: torch.Tensor, top_k: int 
     """
     k = min(top_k, len(classes)) if top_k else 0
     predictions = []
-    for row in probs.tolist():
-        best = max(range(len(row)), key=row.__getitem__)
+    # argmax: the first of equal maxima, as max() over the row would pick.
+    for row, best in zip(probs.tolist(), probs.argmax(1).tolist(), strict=True):
         entry: dict[str, object] = {
             "label": classes[best], "class_index": best, "probability": row[best],
             "probabilities": dict(zip(classes, row, strict=True)),
