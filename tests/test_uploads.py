@@ -57,6 +57,12 @@ def test_file_parts_in_order_with_their_names() -> None:
     ]
 
 
+def test_the_boundary_may_be_quoted_and_the_type_any_case() -> None:
+    payload = body(part("file", b"one"))
+    ctype = f'Multipart/Form-Data; charset=utf-8; boundary="{BOUNDARY}"'.encode()
+    assert read(payload, ctype) == [("file #1 ('x.png')", b"one")]
+
+
 def test_a_file_field_that_is_not_a_file_is_422() -> None:
     with pytest.raises(NoFile, match="file #2: the 'file' part must be a file upload"):
         read(body(part("file", b"x"), part("file", b"plain text", None)))
