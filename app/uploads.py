@@ -81,8 +81,7 @@ class _FormReader:
         self.uploads: list[Upload] = []
         self.files = 0  # parts with a filename, whatever their name
         self.fields = 0
-        self._keep = False  # is the current part a 'file' upload?
-        self._name = ""
+        self._name: str | None = None  # the current part's label, if it is a 'file' upload
         self._data: list[bytes] = []
 
     def take(self, events: Iterable[Event]) -> None:
@@ -91,7 +90,7 @@ class _FormReader:
                 self._end()
             elif isinstance(event, MultipartSegment):
                 self._begin(event)
-            elif self._keep:
+            elif self._name is not None:
                 self._data.append(event)
 
     def _begin(self, segment: MultipartSegment) -> None:
@@ -111,14 +110,13 @@ class _FormReader:
         index = len(self.uploads) + 1
         if filename is None:
             raise NoFile(f"{label(None, index)}: the 'file' part must be a file upload")
-        self._keep = True
         # Headers are read as latin-1 (any bytes); clients send file names as UTF-8.
         self._name = label(_text(filename.encode("latin-1")), index)
 
     def _end(self) -> None:
-        if self._keep:
+        if self._name is not None:
             self.uploads.append((self._name, b"".join(self._data)))
-            self._keep = False
+            self._name = None
             self._data = []
 
 

@@ -205,13 +205,10 @@ def _starlette_reads(payload: bytes, chunk: int) -> list[tuple[str, bytes]]:
     async def run() -> list[tuple[str, bytes]]:
         parser = MultiPartParser(Headers({"content-type": CTYPE.decode()}), stream())
         form = await parser.parse()
-        files = [v for k, v in form.multi_items() if k == "file"]
-        assert all(isinstance(f, UploadFile) for f in files)
-        read = [
-            (label(f.filename, i), await f.read())
-            for i, f in enumerate(files, 1)
-            if isinstance(f, UploadFile)
-        ]
+        read = []
+        for i, f in enumerate((v for k, v in form.multi_items() if k == "file"), 1):
+            assert isinstance(f, UploadFile)  # a file part, not a plain field
+            read.append((label(f.filename, i), await f.read()))
         await form.close()
         return read
 
