@@ -53,8 +53,8 @@ fonts:  ## install the handwriting fonts (needs root / apt-get)
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends $(FONTS)
 
 realworld: $(STAMP)  ## generate the realistic upload set and report accuracy, none vs auto
-	$(PY) -m training.realworld generate --per-kind 1000 --seed 0
-	$(PY) -m training.realworld evaluate --modes none,auto,dataset
+	$(PY) bench/realworld.py generate --per-kind 1000 --seed 0
+	$(PY) bench/realworld.py evaluate --modes none,auto,dataset
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
