@@ -532,6 +532,7 @@ def exported_metric_names(client: TestClient) -> set[str]:
 def test_hpa_and_keda_scale_on_the_same_query_of_an_exported_metric(client: TestClient) -> None:
     query = adapter_rule()["metricsQuery"]
     assert keda_trigger()["metadata"]["query"] == query
+    assert query in (REPO / "docs" / "deploy.md").read_text(), "the documented query"
     (selector,) = selectors(query)
     (series,) = selectors(adapter_rule()["seriesQuery"])
     assert selector.name == series.name == "mnist_serve_queue_images"
