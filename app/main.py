@@ -22,7 +22,7 @@ from app.errors import install_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, StartupError
-from app.routes import health, models, predict
+from app.routes import health, models, predict, v2
 from app.runtime import configure_process
 from training.device import DeviceError, resolve_device
 
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = No
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -35,7 +35,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await error_response(413, detail)(scope, receive, send)
+                    await error_response(413, detail, scope["path"])(scope, receive, send)
                     return
         received = 0
         started = False
@@ -59,7 +59,7 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await error_response(413, detail)(scope, receive, send)
+                await error_response(413, detail, scope["path"])(scope, receive, send)
 
 
 class MetricsMiddleware:
