@@ -132,6 +132,13 @@ API = {
     ("/health/ready", "get"),
     ("/v2/health/live", "get"),
     ("/v2/health/ready", "get"),
+    ("/v2", "get"),
+    ("/v2/models/{model}", "get"),
+    ("/v2/models/{model}/versions/{version}", "get"),
+    ("/v2/models/{model}/ready", "get"),
+    ("/v2/models/{model}/versions/{version}/ready", "get"),
+    ("/v2/models/{model}/infer", "post"),
+    ("/v2/models/{model}/versions/{version}/infer", "post"),
 }
 HIDDEN = ["/", "/metrics", "/openapi.json", "/docs", "/redoc"]  # GET-only, not in the schema
 
@@ -191,8 +198,15 @@ def cors() -> Iterator[TestClient]:
     yield from _app(cors_origins=["https://ok.example"])
 
 
-PROTECTED = [("POST", "/predict"), ("GET", "/models"), ("GET", "/models/mnist-lenet5")]
-OPEN = ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"]
+PROTECTED = [
+    ("POST", "/predict"),
+    ("GET", "/models"),
+    ("GET", "/models/mnist-lenet5"),
+    ("GET", "/v2/models/mnist-lenet5"),
+    ("GET", "/v2/models/mnist-lenet5/ready"),
+]
+# V2 inference takes the key too (tests/test_v2.py, with a V2 body).
+OPEN = ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/v2", "/metrics"]
 
 
 def _call(c: TestClient, method: str, path: str, headers: dict[str, str]) -> int:
@@ -221,7 +235,8 @@ def test_api_key_refuses(
         files={"file": ("a.png", PNG, "image/png")} if method == "POST" else None,
     )  # fmt: skip
     assert response.status_code == 401
-    assert response.json() == {"detail": "missing or invalid API key"}
+    key = "error" if path.startswith("/v2/") else "detail"  # V2's error shape
+    assert response.json() == {key: "missing or invalid API key"}
     assert response.headers["www-authenticate"] == "Bearer"
 
 

@@ -277,7 +277,8 @@ def _prepare_inputs(tensor: Tensor, shape: list[int]) -> list[np.ndarray]:
             raise InvalidInput(
                 f"input {name!r} holds {array.size:,} elements; FP32 {_show(shape)} is {count:,}"
             )
-    array = array.astype(np.float32, copy=False).reshape(shape)
+    with np.errstate(over="ignore"):  # past FP32's range is infinite, refused below
+        array = array.astype(np.float32, copy=False).reshape(shape)
     if not np.isfinite(array).all():
         raise InvalidInput(f"input {name!r} holds NaN or infinite values")
     return list(array)
