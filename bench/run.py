@@ -11,12 +11,16 @@ preprocessing) pinned to one core with ``taskset``, and drives each in turn with
 pinned to another core, POSTing real MNIST test PNGs as multipart uploads
 (``bench/predict.lua``). The two sides are measured alternately at each concurrency so that
 drift in the machine's load hits both alike, and each round ends with both sides' 64-file
-rows. The service's 64-file images/s is compared, round by round, with the baseline's best
-single-image req/s *of the same round* (the CPU target) and with the baseline's own 64-file
-images/s (the GPU target); the median over rounds is reported, beside the ratio of the
-medians. Prints one table (req/s, images/s, p50, p99, errors, server CPU per request, ratio
-to the baseline row of the same concurrency and files), then the 64-file ratios, cold start
-and resident memory, and writes everything as JSON under bench/out/.
+rows, then the service's V2 row: the same 64 images per request as one binary ``image``
+tensor of the Open Inference Protocol (``bench/v2.lua``, bodies built here once), through
+the same batches. The service's 64-file images/s is compared, round by round, with the
+baseline's best single-image req/s *of the same round* (the CPU target) and with the
+baseline's own 64-file images/s (the GPU target); the median over rounds is reported,
+beside the ratio of the medians; the V2 row is compared with the service's 64-file row of
+the same round (the goal: at least 0.9x). Prints one table (req/s, images/s, p50, p99,
+errors, server CPU per request, ratio to the baseline row of the same concurrency and
+files), then the 64-file ratios, cold start and resident memory, and writes everything as
+JSON under bench/out/.
 
 On a GPU (``--device cuda``) both sides run their forward passes there, each with
 ``--workers`` server processes; the report adds the share of the service's wall time spent
@@ -46,10 +50,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.testing import REPO, spawn, wait_ready
+from app.testing import REPO, free_port, spawn, wait_ready
 
 OUT = REPO / "bench" / "out"
 LUA = REPO / "bench" / "predict.lua"
+V2_LUA = REPO / "bench" / "v2.lua"
 MODEL = "mnist-lenet5"
 
 
@@ -224,14 +229,47 @@ class Run:
     server_cpu_share: float  # of one core, during the run
 
 
+def v2_bodies(listing: Path, files: int) -> Path:
+    """V2 inference bodies of ``files`` PNGs each, in the order bench/predict.lua takes them:
+    one binary BYTES ``image`` tensor, every output binary (tritonclient's default). Each
+    body is a file; bench/v2.lua reads the list (path, JSON length) in bench/out/v2.list."""
+    folder = OUT / "v2"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [Path(p).read_bytes() for p in listing.read_text().split()]
+    lines = []
+    for r in range(max(1, len(images) // files)):
+        batch = [images[(r * files + i) % len(images)] for i in range(files)]
+        blob = b"".join(len(b).to_bytes(4, "little") + b for b in batch)
+        header = json.dumps({
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [files],
+                        "parameters": {"binary_data_size": len(blob)}}],
+            "parameters": {"binary_data_output": True},
+        }).encode()  # fmt: skip
+        path = folder / f"{r:04d}.bin"
+        path.write_bytes(header + blob)
+        lines.append(f"{path} {len(header)}")
+    out = OUT / "v2.list"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def wrk(
-    proc: Proc, listing: Path, concurrency: int, files: int, seconds: float, setup: Setup
+    proc: Proc,
+    listing: Path,
+    concurrency: int,
+    files: int,
+    seconds: float,
+    setup: Setup,
+    v2: bool = False,
 ) -> Run:
+    """One wrk measurement: ``/predict`` with ``files`` PNGs per request, or with ``v2`` the
+    V2 bodies listed in ``listing`` (``files`` images each)."""
     secs = max(1, round(seconds))
     threads = max(1, min(setup.wrk_threads, concurrency))
+    script, path = (V2_LUA, f"/v2/models/{MODEL}/infer") if v2 else (LUA, "/predict")
     cmd = [
         "taskset", "-c", setup.client_cores, "wrk", f"-t{threads}", f"-c{concurrency}",
-        f"-d{secs}s", "--timeout", "30s", "-s", str(LUA), proc.url + "/predict",
+        f"-d{secs}s", "--timeout", "30s", "-s", str(script), proc.url + path,
         "--", str(listing), str(files),
     ]  # fmt: skip
     cpu0 = proc.cpu_s()
@@ -243,8 +281,9 @@ def wrk(
     n = d["requests"]
     errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
     return Run(
-        side=proc.name, concurrency=concurrency, files=files, duration_s=round(secs, 2),
-        requests=n, errors=errors, rps=n / secs, images_per_s=n * files / secs,
+        side="v2" if v2 else proc.name, concurrency=concurrency, files=files,
+        duration_s=round(secs, 2), requests=n, errors=errors, rps=n / secs,
+        images_per_s=n * files / secs,
         p50_ms=d["p50_us"] / 1000, p99_ms=d["p99_us"] / 1000,
         cpu_ms_per_request=cpu / max(n, 1) * 1000, server_cpu_share=cpu / secs,
     )  # fmt: skip
@@ -332,11 +371,13 @@ def main() -> int:
             )
     OUT.mkdir(parents=True, exist_ok=True)
     listing = export_pngs(args.images)
+    v2_listing = v2_bodies(listing, args.files)
     levels = [int(c) for c in args.concurrency.split(",")]
     setup = Setup(args.device, args.workers, args.server_cores, args.client_cores, args.wrk_threads)
 
-    baseline = start_baseline(setup, 18780)
-    service = start_service(setup, 18781)
+    # Free ports: a fixed one could be another run's server, which would answer for ours.
+    baseline = start_baseline(setup, free_port())
+    service = start_service(setup, free_port())
     report: dict[str, object] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "setup": asdict(setup),
@@ -355,6 +396,7 @@ def main() -> int:
         # then both with multi-file uploads, so a round's multi-file figure is divided by
         # the baseline's rates measured minutes, not a whole run, earlier.
         rounds: list[list[Run]] = []  # every measurement, in the order taken
+        base, svc, v2 = -3, -2, -1  # a round's last rows: the many-file runs
         forward_s = 0.0
         sides = (baseline, service)
         many = (args.files_concurrency, args.files, args.duration, setup)
@@ -364,21 +406,24 @@ def main() -> int:
             forward0 = forward_seconds(service)
             rs.append(wrk(service, listing, *many))
             forward_s += forward_seconds(service) - forward0
+            rs.append(wrk(service, v2_listing, *many, v2=True))
             rounds.append(rs)
         # Per round: the service's multi-file images/s over that round's best baseline
         # single-image req/s (the CPU target) and over the baseline's multi-file images/s.
         paired = [
-            rs[-1].images_per_s / max(r.rps for r in rs if r.side == "baseline" and r.files == 1)
+            rs[svc].images_per_s / max(r.rps for r in rs if r.side == "baseline" and r.files == 1)
             for rs in rounds
         ]
-        files_paired = [rs[-1].images_per_s / rs[-2].images_per_s for rs in rounds]
+        files_paired = [rs[svc].images_per_s / rs[base].images_per_s for rs in rounds]
+        v2_paired = [rs[v2].images_per_s / rs[svc].images_per_s for rs in rounds]
         runs = [median_run([rs[i] for rs in rounds]) for i in range(len(rounds[0]))]
-        batches = [rs[-1] for rs in rounds]
+        batches = [rs[svc] for rs in rounds]
         # The metric sums over the worker processes' batch workers (one per process here).
         forward_share = forward_s / sum(b.duration_s for b in batches) / setup.workers
-        batch = runs[-1]
+        batch = runs[svc]
         paired_ratio = statistics.median(paired)
         files_ratio = statistics.median(files_paired)
+        v2_ratio = statistics.median(v2_paired)
         rss_after = {p.name: p.rss_mib() for p in (baseline, service)}
 
         print()
@@ -395,6 +440,12 @@ def main() -> int:
             f"{files_ratio:.1f}x; forward passes: {forward_share:.0%} of its batch workers' wall "
             f"time (mean over {setup.workers} worker process(es))"
         )
+        print(
+            f"V2, {args.files} images per request as one binary 'image' tensor: "
+            f"{runs[v2].images_per_s:.0f} images/s; over the service's {args.files}-file "
+            f"/predict in the same round: {', '.join(f'{x:.2f}x' for x in v2_paired)} -> "
+            f"median {v2_ratio:.2f}x (goal: >= 0.9x)"
+        )
         print("\ncold start (process start -> ready):", end="")
         for p in (baseline, service):
             print(f"  {p.name} {p.cold_start_s:.2f} s", end="")
@@ -410,6 +461,8 @@ def main() -> int:
             "batch_vs_best_baseline_paired": paired_ratio,
             "batch_vs_baseline_batch_per_round": files_paired,
             "batch_vs_baseline_batch_paired": files_ratio,
+            "v2_vs_predict_batch_per_round": v2_paired,
+            "v2_vs_predict_batch_paired": v2_ratio,
             "batch_forward_share_of_wall": forward_share,
             "cold_start_s": {p.name: p.cold_start_s for p in (baseline, service)},
             "rss_mib_after_warmup": rss_warm,
