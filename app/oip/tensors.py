@@ -30,7 +30,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from importlib import metadata
 from typing import Any
 
@@ -54,6 +54,7 @@ _INPUTS = f"{IMAGE!r} (BYTES) or {INPUT!r} (FP32)"
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 
+@cache
 def server_version() -> str:
     try:
         return metadata.version(SERVER_NAME)
