@@ -77,7 +77,7 @@ def looks_dataset_shaped(gray: np.ndarray) -> bool:
     on every upload in ``auto`` mode, so on uint8 images it is computed without numpy's
     median (about 15 us a call): the border's median and spread are half-integers, read
     exactly from the sorted integers, and the rest is the same float32 arithmetic, so the
-    answer is identical (tests/test_preprocess.py checks both datasets against the plain
+    answer is identical (tests/training/test_preprocess.py checks both datasets against the plain
     formula). When the border is one level (MNIST's black frame: 99% of its test set) the
     spread is 0, the sums are of integers and exact, and the test reduces to comparing
     the image's sum with that level times its size.
