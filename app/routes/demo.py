@@ -12,12 +12,15 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from app.deps import RegistryDep
 
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+# Starlette's file server: ETag and Last-Modified, 304 to a revalidation, HEAD.
+_files = StaticFiles(directory=STATIC)
 # Served under /static/; a fixed list, so no request path ever reaches the file system.
 ASSETS = {
     "demo.css": "text/css; charset=utf-8",
@@ -86,9 +89,12 @@ async def index(
 
 
 @router.get("/static/{name}")
-async def asset(name: str, registry: RegistryDep) -> FileResponse:
+async def asset(name: str, request: Request, registry: RegistryDep) -> Response:
     """The page's CSS, script and icon; 404 for anything else or with the demo off."""
     media_type = ASSETS.get(name)
     if media_type is None or not registry.settings.demo:
         raise HTTPException(404, "Not Found")
-    return FileResponse(STATIC / name, media_type=media_type, headers=SECURITY_HEADERS)
+    response = await _files.get_response(name, request.scope)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Type"] = media_type  # not the system's mime.types guess
+    return response
