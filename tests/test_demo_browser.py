@@ -43,6 +43,7 @@ if _missing:
 from playwright.sync_api import (  # noqa: E402  (after the skip: it may not be installed)
     Browser,
     ConsoleMessage,
+    FilePayload,
     Page,
     Playwright,
     Request,
@@ -101,8 +102,8 @@ class Demo:
         wait_for_result(self.page)
 
     def upload(self, data: bytes, name: str = "image.png", mime: str = "image/png") -> None:
-        files = [{"name": name, "mimeType": mime, "buffer": data}]
-        self.page.get_by_test_id("file").set_input_files(files=files)  # type: ignore[arg-type]
+        files = FilePayload(name=name, mimeType=mime, buffer=data)
+        self.page.get_by_test_id("file").set_input_files(files=files)
         wait_for_result(self.page)
 
     def draw(self, digit: str) -> None:
@@ -373,6 +374,7 @@ def test_a_service_without_the_input_image_still_shows_the_rest(demo: Demo) -> N
         (b"hello, not an image", "text/plain", 415, "not an image type the service takes"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "image/png", 400, "could not read that image"),
     ],
+    ids=["text", "truncated-png"],
 )
 def test_a_refused_upload_is_a_readable_message(
     demo: Demo, data: bytes, mime: str, status: int, message: str
@@ -450,9 +452,8 @@ def test_keyboard_focus_order_and_use(demo: Demo, mnist_test: Split) -> None:
     page.get_by_test_id("file").focus()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Space")
-    chooser.value.set_files(
-        files=[{"name": "a.png", "mimeType": "image/png", "buffer": encode(mnist_test.images[1])}]
-    )
+    png = encode(mnist_test.images[1])
+    chooser.value.set_files(files=FilePayload(name="a.png", mimeType="image/png", buffer=png))
     wait_for_result(page)
     assert demo.label() == str(int(mnist_test.labels[1]))
     page.keyboard.press("Shift+Tab")
