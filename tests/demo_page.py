@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 import shutil
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import CDPSession, Page
 
 Stroke = list[tuple[float, float]]
 
@@ -55,6 +56,30 @@ def draw(page: Page, strokes: list[Stroke], steps: int = 4) -> None:
         for point in stroke[1:]:
             page.mouse.move(*at(point), steps=steps)
         page.mouse.up()
+
+
+def touch_draw(page: Page, cdp: CDPSession, strokes: list[Stroke], steps: int = 4) -> None:
+    """Draw ``strokes`` with a finger: raw touch events through the DevTools protocol, which
+    the browser turns into pointer events of type "touch" (and, without the canvas's
+    ``touch-action: none``, into scrolling). Needs a context with ``has_touch``."""
+    box = page.get_by_test_id("canvas").bounding_box()
+    assert box is not None, "the canvas is not visible"
+
+    def touch(kind: str, point: tuple[float, float] | None) -> None:
+        points = []
+        if point is not None:
+            points = [
+                {"x": box["x"] + point[0] * box["width"], "y": box["y"] + point[1] * box["height"]}
+            ]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    for stroke in strokes:
+        touch("touchStart", stroke[0])
+        for (x0, y0), (x1, y1) in pairwise(stroke):
+            for i in range(1, steps + 1):
+                t = i / steps
+                touch("touchMove", (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t))
+        touch("touchEnd", None)
 
 
 def wait_for_result(page: Page, timeout_ms: float = 30_000) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from tests.demo_page import DIGITS, chromium_path, draw, wait_for_result
+from tests.demo_page import DIGITS, chromium_path, draw, touch_draw, wait_for_result
 from tests.helpers import Server, encode, running_server
 from training.datasets import Split
 
@@ -129,8 +129,12 @@ class Demo:
 
 
 @contextmanager
-def _open_page(browser: Browser, server: Server, width: int = 1100) -> Iterator[Demo]:
-    context = browser.new_context(viewport={"width": width, "height": 800})
+def _open_page(
+    browser: Browser, server: Server, width: int = 1100, touch: bool = False
+) -> Iterator[Demo]:
+    context = browser.new_context(
+        viewport={"width": width, "height": 800}, has_touch=touch, is_mobile=touch
+    )
     page = context.new_page()
     demo = Demo(page, server.url)
     origin = server.url
@@ -263,6 +267,22 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(demo: Demo, digit: str) -> N
     predicts = [r for r in demo.requests if "/predict" in r.url]
     assert len(predicts) == 1
     assert predicts[0].method == "POST"
+
+
+def test_a_digit_drawn_with_a_finger_on_a_phone(browser: Browser, server: Server) -> None:
+    with _open_page(browser, server, width=360, touch=True) as demo:
+        demo.open()
+        kinds = []
+        demo.page.on("console", lambda m: kinds.append(m.text))
+        demo.page.get_by_test_id("canvas").evaluate(
+            "c => c.addEventListener('pointerdown', e => console.log(e.pointerType))"
+        )
+        touch_draw(demo.page, demo.page.context.new_cdp_session(demo.page), DIGITS["7"])
+        wait_for_result(demo.page)
+        assert demo.label() == "7"
+        assert kinds == ["touch"]
+        # The finger drew instead of scrolling the page.
+        assert demo.page.evaluate("scrollY") == 0
 
 
 def test_ten_bars_sum_to_one_and_the_top_label_is_the_longest(demo: Demo) -> None:
