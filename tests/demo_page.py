@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import shutil
 from itertools import pairwise
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,35 +57,36 @@ def draw(page: Page, strokes: list[Stroke], steps: int = 4) -> None:
         page.mouse.up()
 
 
-def touch_draw(page: Page, cdp: CDPSession, strokes: list[Stroke], steps: int = 4) -> None:
-    """Draw ``strokes`` with a finger: raw touch events through the DevTools protocol, which
-    the browser turns into pointer events of type "touch" (and, without the canvas's
-    ``touch-action: none``, into scrolling). Needs a context with ``has_touch``."""
+def device_draw(
+    page: Page, cdp: CDPSession, strokes: list[Stroke], device: str, steps: int = 4
+) -> None:
+    """Draw ``strokes`` with a finger (``device="touch"``, needs a context with
+    ``has_touch``) or a pen (``"pen"``): raw input through the DevTools protocol, which the
+    browser turns into pointer events of that type (and a finger's, without the canvas's
+    ``touch-action: none``, into scrolling)."""
     box = page.get_by_test_id("canvas").bounding_box()
     assert box is not None, "the canvas is not visible"
 
-    def touch(kind: str, point: tuple[float, float] | None) -> None:
-        points = []
-        if point is not None:
-            points = [
-                {"x": box["x"] + point[0] * box["width"], "y": box["y"] + point[1] * box["height"]}
-            ]
-        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+    def send(kind: str, point: tuple[float, float]) -> None:
+        x, y = box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
+        if device == "touch":
+            points = [] if kind == "up" else [{"x": x, "y": y}]
+            touch = {"down": "touchStart", "move": "touchMove", "up": "touchEnd"}[kind]
+            cdp.send("Input.dispatchTouchEvent", {"type": touch, "touchPoints": points})
+        else:
+            mouse = {"down": "mousePressed", "move": "mouseMoved", "up": "mouseReleased"}[kind]
+            event = {"type": mouse, "x": x, "y": y, "button": "left", "pointerType": device}
+            cdp.send("Input.dispatchMouseEvent", {**event, "buttons": int(kind != "up")})
 
     for stroke in strokes:
-        touch("touchStart", stroke[0])
+        send("down", stroke[0])
         for (x0, y0), (x1, y1) in pairwise(stroke):
             for i in range(1, steps + 1):
                 t = i / steps
-                touch("touchMove", (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t))
-        touch("touchEnd", None)
+                send("move", (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t))
+        send("up", stroke[-1])
 
 
 def wait_for_result(page: Page, timeout_ms: float = 30_000) -> None:
     """Wait until no prediction is scheduled or in flight (the result's aria-busy)."""
     page.wait_for_selector("#result[aria-busy='false']", timeout=timeout_ms)
-
-
-def screenshot(page: Page, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path), full_page=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from tests.demo_page import DIGITS, chromium_path, draw, touch_draw, wait_for_result
+from tests.demo_page import DIGITS, chromium_path, device_draw, draw, wait_for_result
 from tests.helpers import Server, encode, running_server
 from training.datasets import Split
 
@@ -269,18 +269,22 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(demo: Demo, digit: str) -> N
     assert predicts[0].method == "POST"
 
 
-def test_a_digit_drawn_with_a_finger_on_a_phone(browser: Browser, server: Server) -> None:
+@pytest.mark.parametrize("device", ["touch", "pen"])
+def test_a_digit_drawn_with_a_finger_or_pen_on_a_phone(
+    browser: Browser, server: Server, device: str
+) -> None:
     with _open_page(browser, server, width=360, touch=True) as demo:
         demo.open()
-        kinds = []
+        kinds: list[str] = []
         demo.page.on("console", lambda m: kinds.append(m.text))
         demo.page.get_by_test_id("canvas").evaluate(
             "c => c.addEventListener('pointerdown', e => console.log(e.pointerType))"
         )
-        touch_draw(demo.page, demo.page.context.new_cdp_session(demo.page), DIGITS["7"])
+        cdp = demo.page.context.new_cdp_session(demo.page)
+        device_draw(demo.page, cdp, DIGITS["7"], device)
         wait_for_result(demo.page)
         assert demo.label() == "7"
-        assert kinds == ["touch"]
+        assert kinds == [device]
         # The finger drew instead of scrolling the page.
         assert demo.page.evaluate("scrollY") == 0
 
