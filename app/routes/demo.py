@@ -19,7 +19,7 @@ from app.deps import RegistryDep
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-# Starlette's file server: ETag and Last-Modified, 304 to a revalidation, HEAD.
+# Starlette's file server: ETag and Last-Modified, and 304 to a revalidation.
 _files = StaticFiles(directory=STATIC)
 # Served under /static/; a fixed list, so no request path ever reaches the file system.
 ASSETS = {
@@ -27,11 +27,11 @@ ASSETS = {
     "demo.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-# Scripts and styles come from this origin only, none inline. Images also from data: (the
-# model's input image in the /predict answer) and blob: (the preview of a local file).
+# Scripts, styles and requests: this origin only, nothing inline. Images also from data:
+# URLs, the form in which /predict returns the model's input image.
 CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'"
+    "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
