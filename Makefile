@@ -61,8 +61,8 @@ screenshot: $(STAMP)  ## redraw docs/demo.png: the browser demo after drawing a 
 	$(PY) docs/screenshot.py
 
 realworld: $(STAMP)  ## generate the realistic upload set and report accuracy, none vs auto
-	$(PY) -m training.realworld generate --per-kind 1000 --seed 0
-	$(PY) -m training.realworld evaluate --modes none,auto,dataset
+	$(PY) bench/realworld.py generate --per-kind 1000 --seed 0
+	$(PY) bench/realworld.py evaluate --modes none,auto,dataset
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,11 @@
-"""``python -m app`` / ``mnist-serve``: start the service with settings from the environment."""
+"""``python -m app`` / ``mnist-serve``: start the service with settings from the environment.
+
+One path for one worker or many: every worker process builds its app with
+:func:`worker_app`, which loads the models before the worker accepts a connection, so no
+request meets a worker that is still loading. A worker that cannot load logs the reason on
+one line and exits with uvicorn's start-up failure code; with several workers, the
+supervisor then stops them all. Either way the service exits with that code (3).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import NoReturn
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,44 +27,25 @@ from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings
 from app.main import create_app
+from app.runtime import configure_logging
 from training.device import DeviceError, resolve_device
 
+log = logging.getLogger("app")
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+
+def _exit_on_startup_failure(reason: str) -> NoReturn:
+    log.error("start-up failed: %s", reason)
+    logging.shutdown()
+    # Raising would make Starlette and uvicorn print a traceback per worker; this code makes
+    # the supervisor stop every worker.
+    os._exit(STARTUP_FAILURE)
 
 
 def worker_app() -> FastAPI:
-    """The app of one worker process (``MNIST_SERVE_WORKERS`` > 1), built in that process."""
+    """The app of one server process, built in that process."""
     settings = Settings()
-    _configure_logging(settings)
-    return create_app(settings, load_before_serving=True)
-
-
-def _run_workers(settings: Settings, workers: int) -> int:
-    """Run ``workers`` processes on one socket under uvicorn's supervisor: SIGTERM reaches
-    each worker, which drains as a single server does; a worker that fails to load its
-    models stops them all and the exit code is 1."""
-    config = uvicorn.Config(
-        "app.__main__:worker_app",
-        factory=True,
-        workers=workers,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-    )
-    # Metrics of all workers in one scrape (see app/metrics.py); a fresh folder per run, so
-    # counters never carry over from an earlier one.
-    with tempfile.TemporaryDirectory(prefix="mnist-serve-metrics-") as metrics_dir:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-        supervisor.run()
-    failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
-    return 1 if failed else 0
+    configure_logging(settings)
+    return create_app(settings, on_fatal=_exit_on_startup_failure)
 
 
 class _Server(uvicorn.Server):
@@ -72,6 +61,32 @@ class _Server(uvicorn.Server):
                 self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
+def serve(settings: Settings, workers: int) -> int:
+    """Run ``workers`` server processes on one socket (this process itself when 1). SIGTERM
+    drains each one (app/main.py); returns the exit code."""
+    config = uvicorn.Config(
+        "app.__main__:worker_app",
+        factory=True,
+        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+    )
+    if workers == 1:
+        _Server(config).run()
+        return 0
+    # Metrics of all workers in one scrape (app/metrics.py); a fresh folder per run, so
+    # counters never carry over from an earlier one.
+    with tempfile.TemporaryDirectory(prefix="mnist-serve-metrics-") as metrics_dir:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+    failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0
+
+
 def main() -> int:
     try:
         settings = Settings()
@@ -85,28 +100,8 @@ def main() -> int:
     except DeviceError as exc:
         print(f"error: MNIST_SERVE_DEVICE: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings)
-    workers = settings.worker_count(device.type)
-    if workers > 1:
-        return _run_workers(settings, workers)
-    exit_code = 0
-
-    def on_fatal(reason: str) -> None:
-        nonlocal exit_code
-        exit_code = 1
-        server.should_exit = True
-
-    config = uvicorn.Config(
-        create_app(settings, on_fatal),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-    )
-    server = _Server(config)
-    server.run()
-    return exit_code
+    configure_logging(settings)
+    return serve(settings, settings.worker_count(device.type))
 
 
 if __name__ == "__main__":

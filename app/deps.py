@@ -1,8 +1,7 @@
 """Typed dependencies for the routes.
 
 They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread
-pool, a hop that cost ~120 us per dependency per request (bench/RESULTS.md), and these
-only read memory.
+pool, a hop that costs more than these reads of memory.
 """
 
 from __future__ import annotations
@@ -40,7 +39,9 @@ def check_api_key(settings: Settings, x_api_key: str | None, authorization: str 
 
 
 async def require_api_key(request: Request, registry: RegistryDep) -> None:
-    """The API-key check as a route dependency (``/models``); ``/predict`` calls
-    :func:`check_api_key` itself."""
+    """The API-key check of the routes that take one (``/predict``, ``/models``)."""
     headers = request.headers
     check_api_key(registry.settings, headers.get("x-api-key"), headers.get("authorization"))
+
+
+ApiKeyDep = Depends(require_api_key)

@@ -1,17 +1,15 @@
-"""Upload bytes -> a decoded image, with the format and pixel limits applied.
+"""Stage 1 of the pipeline, ``decode``: upload bytes -> ``(H, W)`` uint8 grayscale pixels,
+with the format and pixel limits applied.
 
 The format is sniffed from the bytes (never the file name or the declared type), and the
 pixel count is read from the header and checked *before* any pixel is decoded.
 
-Pillow decodes every format. The one exception is the upload this service sees most, a
-plain 8-bit grayscale PNG (what MNIST-style clients send: no transparency, no EXIF, no
-text chunks, which could change what the image means): libspng (pyspng) decodes it
-straight to the ``(H, W)`` uint8 array Pillow's path would end in, in ~5 us instead of
-~25 us plus the grayscale conversion (bench/RESULTS.md). The two paths give the same
-pixels (tests/test_imaging.py checks every MNIST and Fashion-MNIST test image, generated
-edge cases and damaged files); the CRC and size checks run before either. On damaged
-files the fast path is the stricter: it also refuses a zlib stream that is cut short,
-fails its checksum or holds more rows than the header says, which Pillow reads past.
+Pillow decodes every format. A plain 8-bit grayscale PNG (what MNIST-style clients send: no
+transparency, no EXIF, no text chunks that could change what the image means) goes to
+libspng (pyspng) instead, which is ~5x faster on it (docs/decisions/0004-png-fast-path.md).
+Both give the same pixels (tests/test_imaging.py); the CRC and size checks run before either.
+On damaged files the fast path is the stricter: it also refuses a zlib stream that is cut
+short, fails its checksum or holds more rows than the header says, which Pillow reads past.
 """
 
 from __future__ import annotations
@@ -22,26 +20,16 @@ import zlib
 
 import numpy as np
 import pyspng
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge, ServeError, UnsupportedMediaType
-from training.preprocess import Decoded
+from training.preprocess import gray_pixels
 
-# Compressed PNG metadata (zTXt/iTXt/iCCP) is inflated while the header is read. Pillow
-# allows 1 MiB per chunk and 64 MiB in all, per image; we need none of it, so the total is
-# cut to 4 MiB: 64 concurrent uploads cannot make the server hold 4 GiB of comments.
-PngImagePlugin.MAX_TEXT_CHUNK = 1024 * 1024
-PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
-# Pillow's own messages when a compressed chunk inflates past those limits.
+# Pillow's own messages when compressed metadata inflates past its limits (app/runtime.py).
 _METADATA_BOMB = ("Decompressed data too large", "Too much memory used in text chunks")
 
 # Pillow formats we decode; anything else is refused before a decoder runs.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-
-# decode() checks every header against the service's own (stricter, configurable) pixel
-# limit before any pixel is decoded; Pillow's global bomb check (a process-wide setting)
-# would only pre-empt that check with a vaguer message that omits the size.
-Image.MAX_IMAGE_PIXELS = None
 
 # Signatures of common non-image uploads, for a 415 that says what was sent.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -174,12 +162,16 @@ def _decode_plain_gray8(data: bytes, chunks: list[Chunk], name: str, max_pixels:
     return pixels
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> Decoded:
-    """Decode the first frame of ``data``. Raises a 400/413/415 :class:`ServeError`.
+def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """The first frame of ``data`` as upright ``(H, W)`` uint8 grayscale pixels (EXIF
+    orientation applied, transparency flattened: :func:`training.preprocess.to_grayscale`).
+    Raises a 400/413/415 :class:`ServeError`; ``name`` labels the upload in its message."""
+    return gray_pixels(open_image(data, name, max_pixels))
 
-    Returns a Pillow image, or for a plain 8-bit grayscale PNG its ``(H, W)`` uint8
-    pixels (see the module docstring); :meth:`Preprocessor.to_array` takes both.
-    """
+
+def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image | np.ndarray:
+    """The first frame of ``data``, decoded: a Pillow image of any mode, or for a plain
+    8-bit grayscale PNG its pixels. Raises as :func:`decode`."""
     if not data:
         raise InvalidImage(f"{name}: empty file")
     if data.startswith(_PNG_SIGNATURE):

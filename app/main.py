@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import NoReturn
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from uvicorn.config import STARTUP_FAILURE
 
 from app.config import Settings
 from app.errors import install_handlers
@@ -23,24 +22,28 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, StartupError
 from app.routes import demo, health, models, predict
+from app.runtime import configure_process
+from training.device import DeviceError, resolve_device
 
 log = logging.getLogger("app")
 
-FatalHook = Callable[[str], None]
+FatalHook = Callable[[str], NoReturn]
 
 
-async def _load_models(registry: Registry, on_fatal: FatalHook | None) -> None:
+async def _start(settings: Settings, registry: Registry) -> None:
+    """Process-wide settings, then every model loaded and warmed up: the one start-up."""
     try:
-        await asyncio.to_thread(registry.load)
-    except StartupError as exc:
-        registry.error = str(exc)
-    except Exception as exc:  # reported, then the service stops
+        device = resolve_device(settings.device)
+    except DeviceError as exc:
+        raise StartupError(f"MNIST_SERVE_DEVICE: {exc}") from None
+    configure_process(settings, device)
+    try:
+        await asyncio.to_thread(registry.load, device)
+    except StartupError:
+        raise
+    except Exception as exc:
         log.exception("unexpected error while loading models")
-        registry.error = f"unexpected error while loading models: {type(exc).__name__}"
-    if registry.error is not None:
-        log.error("start-up failed: %s", registry.error)
-        if on_fatal is not None:
-            on_fatal(registry.error)
+        raise StartupError(f"unexpected error while loading models: {type(exc).__name__}") from exc
 
 
 def _drain_on_sigterm(registry: Registry, delay: float) -> None:
@@ -67,15 +70,10 @@ def _drain_on_sigterm(registry: Registry, delay: float) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def create_app(
-    settings: Settings | None = None,
-    on_fatal: FatalHook | None = None,
-    load_before_serving: bool = False,
-) -> FastAPI:
-    """The app. ``load_before_serving`` is for worker processes that share one socket
-    (``MNIST_SERVE_WORKERS`` > 1): a worker then accepts connections only once its models
-    are loaded, so no request meets a worker that is still loading, and a load failure
-    fails the worker's start-up, which makes the supervisor stop them all."""
+def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = None) -> FastAPI:
+    """The app. Its lifespan loads the models before it serves (a server process accepts
+    connections only then), and stops them after the last request. A start-up failure
+    goes to ``on_fatal`` with its one-line reason; without one it is raised."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -84,25 +82,17 @@ def create_app(
         registry = Registry(settings, metrics)
         app.state.registry = registry
         _drain_on_sigterm(registry, settings.drain_delay_s)
-        task: asyncio.Task[None] | None = None
-        if load_before_serving:
-            await _load_models(registry, None)
-            if registry.error is not None:
-                await asyncio.to_thread(registry.close)
-                # The reason is already logged on one line. Raising here would make Starlette
-                # and uvicorn print a traceback per worker; leaving with uvicorn's start-up
-                # failure code makes the supervisor stop every worker and exit 1.
-                logging.shutdown()
-                os._exit(STARTUP_FAILURE)
-        else:
-            # Load in the background: the server answers probes (503) while models load.
-            task = asyncio.create_task(_load_models(registry, on_fatal))
+        try:
+            await _start(settings, registry)
+        except StartupError as exc:
+            await asyncio.to_thread(registry.close)
+            if on_fatal is None:
+                raise
+            on_fatal(str(exc))
         try:
             yield
         finally:
             registry.draining = True
-            if task is not None:
-                await task
             await asyncio.to_thread(registry.close)
 
     app = FastAPI(
@@ -112,8 +102,6 @@ def create_app(
         lifespan=lifespan,
     )
     install_handlers(app)
-    # POST /predict: the lean ASGI endpoint first; predict.router only documents it.
-    app.router.routes.append(predict.predict_route())
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)

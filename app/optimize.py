@@ -1,35 +1,18 @@
-"""The forward pass the service runs: on the CPU, the model exported to ONNX and run by
-ONNX Runtime; on a GPU, CUDA graphs replayed.
+"""Stage 4's fast forms: the model as ONNX Runtime runs it on the CPU, or replayed from CUDA
+graphs on a GPU, each checked against the eager model at start-up.
 
-On the CPU, :class:`OnnxForward` exports the loaded model once at start-up (the batch
-dimension dynamic) and runs it in an ONNX Runtime session on the worker's torch threads.
 These networks are small enough that a framework's per-operation cost is most of a small
-batch's forward pass: the TorchScript graph optimized for inference (oneDNN, what was
-served before) spent ~130 of its 153 us at batch 1 outside the two convolutions (5-8 us
-each), while ONNX Runtime runs LeNet-5 in 26 us at batch 1 and 14.7 us per image at batch
-64 against 16.6 (bench/RESULTS.md). The weights are the loaded ones
-(:func:`training.loader.load_model` is still the one place they are read).
+batch's forward pass. On the CPU, :class:`OnnxForward` exports the loaded model once (the
+batch dimension dynamic) and runs it in ONNX Runtime, a sixth of torch's per-call cost at
+batch 1 (docs/decisions/0001-onnx-runtime-on-cpu.md). The export is torch.onnx's
+TorchScript-based one (``dynamo=False``): fast and small at start-up, and stable with torch
+pinned. On a GPU, :class:`GraphedForward` captures the model once per batch-size bucket as a
+CUDA graph: one launch per pass instead of one per layer
+(docs/decisions/0002-cuda-graphs-on-gpu.md).
 
-The export is torch.onnx's TorchScript-based one (``dynamo=False``), which torch marks
-deprecated: 0.01-0.08 s per model. The supported ``dynamo=True`` exporter took 0.6-1.6 s
-and ~65 MiB more per process, needs onnxscript, and calls ``ast.parse`` ~500 times per
-export: the likely cause of a ``SystemError: AST constructor recursion depth mismatch``
-in a fresh-clone test run (pytest parsing a module in the main thread while models loaded
-in the background; Python 3.11's AST conversion keeps that depth in shared state). With
-torch pinned (pyproject.toml) the TorchScript-based exporter is stable; if it ever fails,
-or the result differs from the eager model, the eager model is served and a warning says
-why (and tests/test_optimize.py fails). ``MNIST_SERVE_OPTIMIZE=false`` turns it off (on
-either device).
-
-On a GPU these models' kernels take microseconds; what costs is launching them: ~13 kernel
-launches per pass, 0.23-0.4 ms of host CPU per pass at batch 1 to 64 on the H100 host
-measured (bench/gpu_forward.py, bench/RESULTS.md). :class:`GraphedForward` captures the
-model once per batch-size bucket (powers of two up to the batch limit) as a CUDA graph and
-replays it: one launch per pass (0.08 ms at batch 1, 0.14 at 64 there). A batch is copied
-into the bucket's static input (the rows past it are left as they are: in eval mode every
-row is computed alone) and the first rows of the static output are returned; the caller
-consumes them before the next pass (the batch worker is the only caller, one pass at a
-time).
+If an optimized form fails to build or differs from the eager model, the eager model is
+served and a warning says why. ``MNIST_SERVE_OPTIMIZE=false`` turns both off. The weights
+are always the loaded ones (:func:`training.loader.load_model` is the one place they are read).
 """
 
 from __future__ import annotations
@@ -38,7 +21,6 @@ import bisect
 import copy
 import io
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
@@ -46,11 +28,6 @@ import torch
 from torch import nn
 
 log = logging.getLogger("app")
-
-# ONNX Runtime (1.32) otherwise sets up telemetry when its first session is made: it writes a
-# device ID under ~/.cache (and logs a warning where it cannot, as in a read-only container).
-# A server has no use for either; read when onnxruntime is imported, so set here, first.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,7 +45,7 @@ class OnnxForward:
 
         onnx_model = io.BytesIO()
         with warnings.catch_warnings():
-            # "the TorchScript-based exporter is deprecated": see the module's docstring.
+            # "the TorchScript-based exporter is deprecated": chosen anyway (module docstring).
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 copy.deepcopy(model).eval(),

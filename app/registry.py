@@ -12,7 +12,7 @@ from app.config import Settings
 from app.errors import ModelNotFound, NotReady
 from app.metrics import Metrics
 from app.optimize import Forward, graphed_for_cuda, optimized_for_cpu
-from training.device import resolve_device
+from app.pipeline import Pipeline
 from training.loader import LoadedModel, ModelLoadError, discover, load_model
 
 log = logging.getLogger("app")
@@ -24,12 +24,16 @@ class StartupError(RuntimeError):
 
 @dataclass
 class ServingModel:
-    loaded: LoadedModel
+    pipeline: Pipeline
     engine: BatchEngine
 
     @property
     def name(self) -> str:
-        return self.loaded.name
+        return self.pipeline.name
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.pipeline.loaded
 
 
 @dataclass
@@ -39,14 +43,10 @@ class Registry:
     models: dict[str, ServingModel] = field(default_factory=dict)
     ready: bool = False
     draining: bool = False
-    error: str | None = None
 
     def not_ready_reason(self) -> str | None:
         if self.draining:
             return "shutting down"
-        if self.error:
-            # The reason names folders on disk: it goes to the log, not to clients.
-            return "start-up failed (the reason is in the server log)"
         if not self.ready:
             return "models are loading"
         return None
@@ -62,15 +62,10 @@ class Registry:
             known = ", ".join(sorted(self.models))
             raise ModelNotFound(f"unknown model {name!r} (loaded: {known})") from None
 
-    def load(self) -> None:
-        """Load, warm up and start every configured model; raise :class:`StartupError`."""
+    def load(self, device: torch.device) -> None:
+        """Load, warm up and start every configured model on ``device``; raise
+        :class:`StartupError`."""
         s = self.settings
-        try:
-            device = resolve_device(s.device)
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-        # On a GPU too: decoding's tensor work and the transform run on the CPU.
-        torch.set_num_threads(s.threads_per_worker(device.type))
         if not s.models_dir.is_dir():
             raise StartupError(f"models folder {s.models_dir} does not exist")
         folders = {p.name: p for p in discover(s.models_dir)}
@@ -96,26 +91,35 @@ class Registry:
                     f"model folder {folders[name]}: manifest name {loaded.name!r} "
                     "differs from the folder name"
                 )
-            spec = loaded.manifest.input
-            shape = (spec.channels, spec.height, spec.width)
-            model: Forward = loaded.model
-            if s.optimize and device.type == "cpu":
-                example = torch.randn(8, *shape, generator=torch.Generator().manual_seed(0))
-                model = optimized_for_cpu(loaded.model, example, name)
-            elif s.optimize and device.type == "cuda":
-                model = graphed_for_cuda(loaded.model, shape, batch, device, name)
-            engine = BatchEngine(
-                loaded, batch, s.max_batch_delay_ms, self.metrics.observe_batch, model
-            )
-            with torch.inference_mode():  # warm-up: first-call allocations happen now
-                for size in (1, batch):
-                    model(torch.zeros(size, *shape, device=device))
+            forward = self._forward(loaded, batch)
+            pipeline = Pipeline(loaded, forward, s.max_image_pixels, self.metrics.observe_batch)
+            engine = BatchEngine(pipeline, batch, s.max_batch_delay_ms)
             engine.start()
-            self.models[name] = ServingModel(loaded, engine)
+            self.models[name] = ServingModel(pipeline, engine)
             log.info("loaded %s (%s) on %s", name, loaded.manifest.architecture.name, device)
         self.metrics.models_loaded.set(len(self.models))
         self.metrics.device.labels(str(device)).set(1)
         self.ready = True
+
+    def _forward(self, loaded: LoadedModel, batch: int) -> Forward:
+        """What runs ``loaded``'s forward pass: its optimized form for the device unless
+        that is off, warmed up, so first-call allocations happen now."""
+        spec, device, model = loaded.manifest.input, loaded.device, loaded.model
+        shape = (spec.channels, spec.height, spec.width)
+        forward: Forward = model
+        if device.type == "cpu":
+            # Convolution weights in channels-last order: oneDNN then runs the convolutions
+            # and pooling in NHWC, ~1.4x faster for LeNet-5 at batch 64 (eager serving).
+            model.to(memory_format=torch.channels_last)
+            if self.settings.optimize:
+                example = torch.randn(8, *shape, generator=torch.Generator().manual_seed(0))
+                forward = optimized_for_cpu(model, example, loaded.name)
+        elif self.settings.optimize:
+            forward = graphed_for_cuda(model, shape, batch, device, loaded.name)
+        with torch.inference_mode():
+            for size in (1, batch):
+                forward(torch.zeros(size, *shape, device=device))
+        return forward
 
     def close(self) -> None:
         self.ready = False

@@ -21,6 +21,9 @@ class Prediction(BaseModel):
     probability: float = Field(description="Its softmax probability")
     probabilities: dict[str, float] = Field(description="Every class of the model; sums to 1")
     top_k: list[TopK] | None = Field(None, description="With ?top_k=K: the K best, descending")
+    input_image: str | None = Field(
+        None, description="With ?include_input=true: the model's input as a PNG data URL"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -1,14 +1,9 @@
 """A request's body -> its uploads: ``multipart/form-data`` parts named ``file``, or one raw
 ``image/*`` body.
 
-The body is read straight from the ASGI ``receive`` channel and fed, chunk by chunk, to
-the sans-IO ``PushMultipartParser`` of `multipart <https://multipart.readthedocs.io/>`_,
-keeping only the bytes of the ``file`` parts: what Starlette's form parser does, less
-what /predict does not need (a spooled temporary file, an ``UploadFile`` and a
-``Headers`` object per part). That parser finds delimiters and header lines with
-``bytes.find``; python-multipart, used here before, walks each part's headers byte by
-byte in Python: on a 64-file upload 10 us per part against 4 (bench/RESULTS.md), on the
-event loop.
+The body is read as it streams and fed, chunk by chunk, to the sans-IO
+``PushMultipartParser`` of `multipart <https://multipart.readthedocs.io/>`_, keeping only
+the bytes of the ``file`` parts (docs/decisions/0003-multipart-parser.md).
 
 Limits: the body size is enforced as it streams (``BodyLimitMiddleware``); the number of
 file parts (413) and of other fields here; the parser bounds the size and number of each
@@ -20,7 +15,7 @@ body that ends before its closing boundary.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeAlias
 
 from multipart import (
@@ -30,13 +25,11 @@ from multipart import (
     PushMultipartParser,
     parse_options_header,
 )
-from starlette.requests import ClientDisconnect
-from starlette.types import Message
 
 from app.errors import InvalidImage, NoFile, PayloadTooLarge, UnsupportedMediaType
+from app.pipeline import Upload
 
-Upload = tuple[str, bytes]  # (name for messages, bytes)
-Receive = Callable[[], Awaitable[Message]]
+Body = AsyncIterator[bytes]  # the request body as it streams in (Request.stream())
 # What the parser yields (see _FormReader). multipart ships no type hints: to mypy,
 # MultipartSegment is Any.
 Event: TypeAlias = MultipartSegment | bytes | None
@@ -54,21 +47,17 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-async def read_body(receive: Receive, feed: Callable[[bytes], object] | None = None) -> bytes:
+async def read_body(body: Body, feed: Callable[[bytes], object] | None = None) -> bytes:
     """The whole body, or with ``feed`` each chunk handed to it as it arrives (returns b'')."""
     chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunk = message.get("body", b"")
-        if chunk:
-            if feed is None:
-                chunks.append(chunk)
-            else:
-                feed(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    async for chunk in body:
+        if not chunk:
+            continue
+        if feed is None:
+            chunks.append(chunk)
+        else:
+            feed(chunk)
+    return b"".join(chunks)
 
 
 class _FormReader:
@@ -120,15 +109,15 @@ class _FormReader:
             self._data = []
 
 
-async def read_multipart(content_type: bytes, receive: Receive, max_files: int) -> list[Upload]:
-    _, params = parse_options_header(content_type.decode("latin-1"))
+async def read_multipart(content_type: str, body: Body, max_files: int) -> list[Upload]:
+    _, params = parse_options_header(content_type)
     boundary = params.get("boundary")
     if not boundary:
         raise InvalidImage("malformed multipart body: missing boundary in Content-Type")
     reader = _FormReader(max_files)
     try:
         parser = PushMultipartParser(boundary, header_charset="latin-1")
-        await read_body(receive, lambda chunk: reader.take(parser.parse(chunk)))
+        await read_body(body, lambda chunk: reader.take(parser.parse(chunk)))
     except MultipartError as exc:  # the parser's reason, e.g. "Malformed segment header"
         reason = str(exc)
         raise InvalidImage(f"malformed multipart body: {reason[:1].lower()}{reason[1:]}") from None
@@ -143,20 +132,19 @@ async def read_multipart(content_type: bytes, receive: Receive, max_files: int) 
     return reader.uploads
 
 
-async def read_uploads(content_type: bytes, receive: Receive, max_files: int) -> list[Upload]:
-    """The request's images. ``content_type`` is the raw header (b'' when absent)."""
-    media = content_type.split(b";", 1)[0].strip().lower()
-    if media == b"multipart/form-data":
-        return await read_multipart(content_type, receive, max_files)
-    if media.startswith(b"image/"):
-        return [("body", await read_body(receive))]
+async def read_uploads(content_type: str, body: Body, max_files: int) -> list[Upload]:
+    """The request's images. ``content_type`` is the header's value ('' when absent)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        return await read_multipart(content_type, body, max_files)
+    if media.startswith("image/"):
+        return [("body", await read_body(body))]
     if not media:
-        if not await read_body(receive):
+        if not await read_body(body):
             raise NoFile(
                 "no image: send multipart/form-data with 'file' parts, or a raw image/* body"
             )
         raise UnsupportedMediaType("missing Content-Type: use multipart/form-data or image/*")
-    shown = _text(media)[:100]
     raise UnsupportedMediaType(
-        f"Content-Type {shown} is not accepted: use multipart/form-data or image/*"
+        f"Content-Type {media[:100]} is not accepted: use multipart/form-data or image/*"
     )

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.batching import BatchEngine
 from app.optimize import graphed_for_cuda
+from app.pipeline import Pipeline
 from training.loader import load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,9 +59,9 @@ def main() -> None:
     loaded = load_model(REPO / "models" / args.model, device)
     spec = loaded.manifest.input
     shape = (spec.channels, spec.height, spec.width)
-    engine = BatchEngine(loaded, 256)  # the eager model
-    graphed = BatchEngine(
-        loaded, 256, model=graphed_for_cuda(loaded.model, shape, 256, device, args.model)
+    engine = Pipeline(loaded, loaded.model, 25_000_000)  # the eager model
+    graphed = Pipeline(
+        loaded, graphed_for_cuda(loaded.model, shape, 256, device, args.model), 25_000_000
     )
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.model}")
     print(

@@ -44,7 +44,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.testing import REPO, spawn, wait_ready
+
 OUT = REPO / "bench" / "out"
 LUA = REPO / "bench" / "predict.lua"
 MODEL = "mnist-lenet5"
@@ -56,7 +59,7 @@ MODEL = "mnist-lenet5"
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[str]
     url: str
     ready_path: str
     cold_start_s: float = 0.0
@@ -112,31 +115,17 @@ class Proc:
                 self.popen.wait()
 
 
-def _get(url: str, timeout: float = 1.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
-        return 0
-
-
 def start(name: str, cmd: list[str], env: dict[str, str], port: int, ready_path: str) -> Proc:
     log = OUT / f"{name}.log"
     started = time.perf_counter()
-    popen = subprocess.Popen(
-        cmd, cwd=REPO, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-    proc = Proc(name, popen, f"http://127.0.0.1:{port}", ready_path, log=log)
-    deadline = started + 180
-    while _get(proc.url + ready_path, timeout=0.5) != 200:
-        if popen.poll() is not None:
-            sys.exit(f"{name} exited with {popen.returncode}; see {log}")
-        if time.perf_counter() > deadline:
-            proc.stop()
-            sys.exit(f"{name} not ready within 180 s; see {log}")
-        time.sleep(0.01)
+    with log.open("w") as out:
+        server = spawn(env, port=port, command=cmd, output=out)
+    proc = Proc(name, server.process, server.url, ready_path, log=log)
+    try:
+        wait_ready(server, timeout=180, path=ready_path)
+    except (RuntimeError, TimeoutError) as exc:
+        proc.stop()
+        sys.exit(f"{name}: {exc}; see {log}")
     proc.cold_start_s = time.perf_counter() - started
     return proc
 
@@ -204,7 +193,6 @@ def export_pngs(count: int) -> Path:
     folder = OUT / "png"
     if listing.is_file() and len(listing.read_text().split()) == count:
         return listing
-    sys.path.insert(0, str(REPO))
     from PIL import Image
 
     from training.datasets import load_split

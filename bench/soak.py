@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -35,29 +34,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import REPO, Server, encode, free_port, wait_ready
+from app.testing import REPO, Server, spawn, wait_ready
+from tests.helpers import encode
 from training.datasets import load_split
 
 
 def start_server(log: Path) -> Server:
-    """``python -m app`` on a free loopback port, its output going to ``log`` (a pipe
-    nobody reads could fill up and stall the server)."""
-    port = free_port()
+    """``python -m app`` on a free loopback port, its output going to ``log``."""
     env = {
-        **os.environ,
-        "MNIST_SERVE_HOST": "127.0.0.1",
-        "MNIST_SERVE_PORT": str(port),
         "MNIST_SERVE_DEVICE": os.environ.get("MNIST_SERVE_DEVICE", "cpu"),
         "MNIST_SERVE_TORCH_THREADS": os.environ.get("MNIST_SERVE_TORCH_THREADS", "1"),
         "MNIST_SERVE_ACCESS_LOG": "false",
     }
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-    return Server(f"http://127.0.0.1:{port}", process)
+        return spawn(env, output=out)
 
 
 def _tree(pid: int) -> list[int]:

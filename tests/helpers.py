@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from app import testing
+from app.testing import REPO, Server, free_port, wait_ready
+
 MODELS_DIR = REPO / "models"
+__all__ = ["MODELS_DIR", "REPO", "Server", "encode", "free_port", "running_server", "spawn",
+           "wait_ready"]  # fmt: skip
 
 
 def encode(image: Image.Image | np.ndarray | torch.Tensor, fmt: str = "PNG", **kw: object) -> bytes:
@@ -33,73 +29,23 @@ def encode(image: Image.Image | np.ndarray | torch.Tensor, fmt: str = "PNG", **k
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[str]
-
-    def output(self) -> str:
-        """Everything the process printed (call after it has exited)."""
-        out, _ = self.process.communicate(timeout=30)
-        return out
+# Tests run the service on the CPU, one process, one torch thread, unless they say otherwise.
+TEST_ENV = {
+    "MNIST_SERVE_DEVICE": "cpu",
+    "MNIST_SERVE_TORCH_THREADS": "1",
+    "MNIST_SERVE_WORKERS": "1",
+    "MNIST_SERVE_ACCESS_LOG": "false",
+}
 
 
 def spawn(env: dict[str, str] | None = None, port: int | None = None) -> Server:
-    """Start ``python -m app`` on a free loopback port; returns at once."""
-    port = port or free_port()
-    full_env = {
-        **os.environ,
-        "MNIST_SERVE_HOST": "127.0.0.1",
-        "MNIST_SERVE_PORT": str(port),
-        "MNIST_SERVE_DEVICE": "cpu",
-        "MNIST_SERVE_TORCH_THREADS": "1",
-        "MNIST_SERVE_WORKERS": "1",  # the default is one per core; tests that want more say so
-        "MNIST_SERVE_ACCESS_LOG": "false",
-        **(env or {}),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=REPO,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return Server(f"http://127.0.0.1:{port}", process)
-
-
-def wait_ready(server: Server, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited {server.process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"server not ready within {timeout}s")
+    """Start ``python -m app`` with :data:`TEST_ENV` and ``env`` on a free loopback port;
+    returns at once."""
+    return testing.spawn({**TEST_ENV, **(env or {})}, port=port)
 
 
 @contextmanager
 def running_server(env: dict[str, str] | None = None) -> Iterator[Server]:
-    """A ready server process, terminated (SIGTERM, then SIGKILL) afterwards."""
-    server = spawn(env)
-    try:
-        wait_ready(server)
+    """A ready server process with :data:`TEST_ENV` and ``env``, stopped afterwards."""
+    with testing.running_server({**TEST_ENV, **(env or {})}) as server:
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.process.terminate()
-            try:
-                server.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-        server.process.communicate()

@@ -93,7 +93,7 @@ def test_the_onnx_forward_keeps_torch_threads_and_does_not_spin() -> None:
 
 
 def test_the_onnx_forward_writes_nothing_to_the_home_folder(tmp_path: Path) -> None:
-    """In a fresh process (ONNX Runtime sets up once per process): making a session leaves
+    """In a fresh server process (ONNX Runtime sets up once per process): making a session leaves
     HOME and XDG_CACHE_HOME empty (no telemetry device ID) and logs no warning, as a
     read-only container needs."""
     home = tmp_path / "home"
@@ -101,7 +101,10 @@ def test_the_onnx_forward_writes_nothing_to_the_home_folder(tmp_path: Path) -> N
     script = (
         "import torch\n"
         "from torch import nn\n"
+        "from app.config import Settings\n"
         "from app.optimize import OnnxForward\n"
+        "from app.runtime import configure_process\n"
+        "configure_process(Settings(), torch.device('cpu'))\n"
         "OnnxForward(nn.Linear(3, 2).eval(), torch.ones(4, 3))(torch.ones(1, 3))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
@@ -127,13 +130,13 @@ def test_the_setting_picks_what_the_engine_runs(optimize: bool) -> None:
 
     settings = Settings(models_dir=MODELS, models=["mnist-lenet5"], device="cpu", optimize=optimize)
     registry = Registry(settings, Metrics())
-    registry.load()
+    registry.load(torch.device(settings.device))
     try:
         serving = registry.get("mnist-lenet5")
         if optimize:
-            assert isinstance(serving.engine.model, OnnxForward)
+            assert isinstance(serving.pipeline.model, OnnxForward)
         else:
-            assert serving.engine.model is serving.loaded.model
+            assert serving.pipeline.model is serving.loaded.model
     finally:
         registry.close()
 
@@ -181,10 +184,29 @@ def test_the_service_on_cuda_runs_cuda_graphs() -> None:
 
     settings = Settings(models_dir=MODELS, models=["mnist-lenet5"], device="cuda")
     registry = Registry(settings, Metrics())
-    registry.load()
+    registry.load(torch.device(settings.device))
     try:
-        engine = registry.get("mnist-lenet5").engine
-        assert isinstance(engine.model, GraphedForward)
-        assert engine.model.sizes[-1] == engine.max_batch_size
+        serving = registry.get("mnist-lenet5")
+        engine = serving.engine
+        assert isinstance(serving.pipeline.model, GraphedForward)
+        assert serving.pipeline.model.sizes[-1] == engine.max_batch_size
+    finally:
+        registry.close()
+
+
+def test_served_convolutions_run_channels_last_on_the_cpu() -> None:
+    from app.config import Settings
+    from app.metrics import Metrics
+    from app.registry import Registry
+
+    settings = Settings(models_dir=MODELS, models=["mnist-lenet5"], device="cpu", optimize=False)
+    registry = Registry(settings, Metrics())
+    registry.load(torch.device("cpu"))
+    try:
+        model = registry.get("mnist-lenet5").loaded.model
+        convs = [p for p in model.parameters() if p.dim() == 4]
+        assert convs
+        assert all(c.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        assert not all(c.is_contiguous() for c in convs)  # not the default layout
     finally:
         registry.close()

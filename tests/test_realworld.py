@@ -11,11 +11,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.realworld import KINDS, evaluate_folder, find_fonts, generate
 from tests.helpers import MODELS_DIR, encode
 from training.loader import read_manifest
 from training.normalize import CANVAS, looks_dataset_shaped, normalize
 from training.preprocess import InputSpec, Preprocessor, to_grayscale
-from training.realworld import KINDS, evaluate_folder, find_fonts, generate
 
 DIGIT_SPEC = InputSpec(height=32, width=32, mean=[0.1307], std=[0.3081], fit="digit")
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
-import threading
-import time
 import zlib
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import NoReturn
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.batching import Output
 from app.config import Settings
 from app.main import create_app
-from app.registry import Registry
-from app.routes.predict import render
+from app.registry import Registry, StartupError
+from app.routes.predict import encode as encode_predict
+from app.schemas import PredictResponse
 from tests.conftest import wait_until_ready
 from tests.helpers import MODELS_DIR, encode
 from training.loader import load_model
@@ -57,25 +61,20 @@ def test_readiness_lists_every_model_once_loaded(client: TestClient, path: str) 
     assert r.json() == {"status": "ready", "models": sorted(p.name for p in MODELS_DIR.iterdir())}
 
 
-def test_readiness_is_503_until_the_models_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    release = threading.Event()
+def test_the_app_serves_only_once_its_models_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
     original = Registry.load
 
-    def slow_load(self: Registry) -> None:
-        release.wait(10)
-        original(self)
+    def recorded_load(self: Registry, device: torch.device) -> None:
+        events.append("loading")
+        original(self, device)
+        events.append("loaded")
 
-    monkeypatch.setattr(Registry, "load", slow_load)
+    monkeypatch.setattr(Registry, "load", recorded_load)
     settings = Settings(models_dir=MODELS_DIR, models=["mnist-lenet5"], device="cpu")
     with TestClient(create_app(settings)) as c:
-        r = c.get("/health/ready")
-        assert r.status_code == 503
-        assert r.json()["detail"] == "models are loading"
-        assert c.get("/health/live").status_code == 200
-        r = c.post("/predict", content=b"x", headers={"content-type": "image/png"})
-        assert r.status_code == 503
-        release.set()
-        wait_until_ready(c)
+        assert events == ["loading", "loaded"]  # the lifespan's start-up waited for the load
+        assert c.get("/health/ready").status_code == 200
 
 
 def test_readiness_is_503_while_draining(small_client: TestClient) -> None:
@@ -90,21 +89,25 @@ def test_readiness_is_503_while_draining(small_client: TestClient) -> None:
         registry.draining = False
 
 
-def test_start_up_failure_is_reported_by_readiness(tmp_path) -> None:
-    settings = Settings(models_dir=tmp_path, device="cpu")
+def test_a_start_up_failure_goes_to_the_fatal_hook_in_one_line(tmp_path) -> None:
+    class Stopped(Exception):
+        pass
+
     reasons: list[str] = []
-    with TestClient(create_app(settings, on_fatal=reasons.append)) as c:
-        for _ in range(200):
-            if reasons:
-                break
-            time.sleep(0.01)
-        r = c.get("/health/ready")
-    assert r.status_code == 503
-    # The reason names folders on disk: it goes to the log and the fatal hook, not to clients.
-    assert r.json()["detail"] == "start-up failed (the reason is in the server log)"
-    assert str(tmp_path) not in r.text
-    assert reasons
+
+    def on_fatal(reason: str) -> NoReturn:
+        reasons.append(reason)
+        raise Stopped
+
+    settings = Settings(models_dir=tmp_path, device="cpu")
+    with pytest.raises(Stopped), TestClient(create_app(settings, on_fatal=on_fatal)):
+        pass
+    assert len(reasons) == 1
     assert "no model folders" in reasons[0]
+    assert "\n" not in reasons[0]
+    # Embedded without a hook, the app raises the failure instead.
+    with pytest.raises(StartupError, match="no model folders"), TestClient(create_app(settings)):
+        pass
 
 
 def test_models_lists_manifests(client: TestClient) -> None:
@@ -135,7 +138,47 @@ def test_openapi_documents_predict(client: TestClient) -> None:
     assert {"400", "404", "413", "415", "422"} <= set(op["responses"])
     schema = spec["components"]["schemas"]["PredictResponse"]
     assert schema["examples"][0]["predictions"][0]["label"] == "7"
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PredictResponse"}
+    params = {p["name"] for p in op["parameters"]}
+    assert params == {"model", "top_k", "preprocess", "include_input"}
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query", [{}, {"top_k": "3"}, {"include_input": "true"}, {"model": "fashion-mlp"}]
+)
+def test_responses_are_the_documented_model(client: TestClient, mnist_test, query) -> None:
+    """What the encoder builds is exactly what PredictResponse describes: it validates, and
+    dumping the validated model (unset fields left out) gives the same JSON back."""
+    r = client.post(
+        "/predict", params=query, files=_files(*(encode(x) for x in mnist_test.images[:3]))
+    )
+    assert r.status_code == 200
+    model = PredictResponse.model_validate_json(r.content, strict=True)
+    assert model.model_dump(exclude_unset=True) == r.json()
+    assert len(model.predictions) == 3
+    shown = [p.input_image is not None for p in model.predictions]
+    assert shown == [query.get("include_input") == "true"] * 3
+    assert [p.top_k is not None for p in model.predictions] == ["top_k" in query] * 3
+
+
+def test_include_input_shows_what_the_model_saw(client: TestClient, mnist_test) -> None:
+    """A white-background photo-like upload comes back as the fitted digit, at the model's
+    input size, light on dark as in MNIST."""
+    digit = 255 - mnist_test.images[0, 0].numpy()  # dark ink on white paper
+    big = Image.fromarray(digit).resize((200, 200))
+    r = client.post("/predict", params={"include_input": "true"}, files=_files(encode(big)))
+    pred = r.json()["predictions"][0]
+    assert pred["label"] == str(int(mnist_test.labels[0]))
+    prefix = "data:image/png;base64,"
+    assert pred["input_image"].startswith(prefix)
+    seen = Image.open(io.BytesIO(base64.b64decode(pred["input_image"][len(prefix) :])))
+    assert (seen.mode, seen.size) == ("L", (32, 32))  # LeNet-5's input
+    pixels = np.asarray(seen)
+    assert pixels[0].max() < 30
+    assert pixels[-1].max() < 30
+    assert pixels.max() > 200  # light ink
 
 
 # --- /predict -------------------------------------------------------------------------
@@ -388,7 +431,7 @@ def test_unexpected_errors_are_a_generic_500(
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("secret internal detail /work/main")
 
-    monkeypatch.setattr(serving.engine, "model", broken)
+    monkeypatch.setattr(serving.pipeline, "model", broken)
     client = TestClient(small_client.app, raise_server_exceptions=False)
     r = client.post("/predict", files=_files(encode(mnist_test.images[0])))
     assert r.status_code == 500
@@ -455,9 +498,11 @@ def test_models_sit_on_the_gpu_and_agree_with_the_cpu(mnist_test) -> None:
         assert torch.allclose(served, offline[i], atol=1e-4)
 
 
-def test_render_names_the_first_of_equal_maxima() -> None:
+def test_the_encoder_names_the_first_of_equal_maxima() -> None:
     probs = torch.tensor([[0.2, 0.4, 0.4], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
-    body = json.loads(render("m", ["a", "b", "c"], probs, top_k=2))
+    pipeline = SimpleNamespace(name="m", classes=["a", "b", "c"])
+    output = Output(torch.zeros(3, 1, 2, 2), probs)
+    body = json.loads(encode_predict(pipeline, 2, False, output))  # type: ignore[arg-type]
     rows = body["predictions"]
     assert [(r["label"], r["class_index"]) for r in rows] == [("b", 1), ("a", 0), ("c", 2)]
     assert [r["probability"] for r in rows] == pytest.approx([0.4, 0.5, 0.8])

@@ -1,8 +1,9 @@
-"""app/uploads.py: the request body -> uploads, without a web framework in the way."""
+"""app/uploads.py: the request body, as Starlette streams it, -> uploads."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -10,13 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from app.errors import InvalidImage, NoFile, PayloadTooLarge, ServeError, UnsupportedMediaType
 from app.uploads import MAX_FIELDS, label, read_uploads
 
 BOUNDARY = "b0undary-xyz"
-CTYPE = f"multipart/form-data; boundary={BOUNDARY}".encode()
+CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def part(name: str, data: bytes, filename: str | None = "x.png", extra: str = "") -> bytes:
@@ -31,15 +33,20 @@ def body(*parts: bytes) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
+def stream(receive: Receive) -> AsyncIterator[bytes]:
+    """The body as the route reads it: Starlette's ``Request.stream()``."""
+    return Request({"type": "http", "method": "POST", "headers": []}, receive).stream()
+
+
 def read(
-    data: bytes, ctype: bytes = CTYPE, chunk: int = 1 << 16, max_files: int = 64
+    data: bytes, ctype: str = CTYPE, chunk: int = 1 << 16, max_files: int = 64
 ) -> list[tuple[str, bytes]]:
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
 
-    return asyncio.run(read_uploads(ctype, receive, max_files))
+    return asyncio.run(read_uploads(ctype, stream(receive), max_files))
 
 
 def test_file_parts_in_order_with_their_names() -> None:
@@ -59,7 +66,7 @@ def test_file_parts_in_order_with_their_names() -> None:
 
 def test_the_boundary_may_be_quoted_and_the_type_any_case() -> None:
     payload = body(part("file", b"one"))
-    ctype = f'Multipart/Form-Data; charset=utf-8; boundary="{BOUNDARY}"'.encode()
+    ctype = f'Multipart/Form-Data; charset=utf-8; boundary="{BOUNDARY}"'
     assert read(payload, ctype) == [("file #1 ('x.png')", b"one")]
 
 
@@ -110,7 +117,7 @@ def test_fields_are_bounded() -> None:
         (body(part("x", b"y", None)), CTYPE, NoFile, "no part named 'file'"),
         (body(), CTYPE, NoFile, "no part named 'file'"),
         (b"not multipart at all", CTYPE, InvalidImage, "malformed multipart"),
-        (body(part("file", b"x")), b"multipart/form-data", InvalidImage, "missing boundary"),
+        (body(part("file", b"x")), "multipart/form-data", InvalidImage, "missing boundary"),
         (
             f"--{BOUNDARY}\r\nContent-Type: image/png\r\n\r\nx\r\n--{BOUNDARY}--".encode(),
             CTYPE,
@@ -136,13 +143,13 @@ def test_fields_are_bounded() -> None:
             "header length exceeded",
         ),
         (body(part("file", b"x")).replace(b"\r\n", b"\n"), CTYPE, InvalidImage, "line break"),
-        (b"x", b"text/plain", UnsupportedMediaType, "text/plain is not accepted"),
-        (b"x", b"", UnsupportedMediaType, "missing Content-Type"),
-        (b"", b"", NoFile, "no image"),
+        (b"x", "text/plain", UnsupportedMediaType, "text/plain is not accepted"),
+        (b"x", "", UnsupportedMediaType, "missing Content-Type"),
+        (b"", "", NoFile, "no image"),
     ],
 )
 def test_bad_bodies_are_client_errors(
-    payload: bytes, ctype: bytes, error: type[ServeError], text: str
+    payload: bytes, ctype: str, error: type[ServeError], text: str
 ) -> None:
     with pytest.raises(error, match=text) as caught:
         read(payload, ctype)
@@ -164,7 +171,7 @@ def test_a_body_cut_short_is_400_not_the_parts_before_the_cut() -> None:
 
 
 def test_a_raw_image_body() -> None:
-    assert read(b"\x89PNG...", b"image/png", chunk=3) == [("body", b"\x89PNG...")]
+    assert read(b"\x89PNG...", "image/png", chunk=3) == [("body", b"\x89PNG...")]
 
 
 def test_a_client_that_hangs_up_mid_body() -> None:
@@ -177,7 +184,7 @@ def test_a_client_that_hangs_up_mid_body() -> None:
         return messages.pop(0)
 
     with pytest.raises(ClientDisconnect):
-        asyncio.run(read_uploads(CTYPE, receive, 64))
+        asyncio.run(read_uploads(CTYPE, stream(receive), 64))
 
 
 # Valid form bodies, as browsers and HTTP clients send them (file names without the
@@ -203,7 +210,7 @@ def _starlette_reads(payload: bytes, chunk: int) -> list[tuple[str, bytes]]:
             yield payload[i : i + chunk]
 
     async def run() -> list[tuple[str, bytes]]:
-        parser = MultiPartParser(Headers({"content-type": CTYPE.decode()}), stream())
+        parser = MultiPartParser(Headers({"content-type": CTYPE}), stream())
         form = await parser.parse()
         read = []
         for i, f in enumerate((v for k, v in form.multi_items() if k == "file"), 1):

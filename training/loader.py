@@ -111,13 +111,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
         raise ModelLoadError(folder, f"weights do not fit the architecture: {detail}") from None
     dev = torch.device(device)
     model.to(dev).eval()
-    if dev.type == "cpu":
-        # Convolution weights in channels-last order: oneDNN then runs the convolutions
-        # and max-pooling in NHWC, ~1.4x faster for LeNet-5 at batch 64 on one thread,
-        # same outputs within 4e-7 (bench/RESULTS.md). A 1-channel input is already
-        # channels-last as it is. Only 4-d weights change (the MLP is untouched). Not
-        # applied on CUDA, where it is unmeasured.
-        model.to(memory_format=torch.channels_last)
     return LoadedModel(model, manifest, Preprocessor(manifest.input), dev)
 
 

@@ -1,12 +1,10 @@
 """The one image -> tensor path, built from a model's metadata.
 
-Training feeds its in-memory uint8 dataset tensors through :attr:`Preprocessor.transform`;
-the service turns each decoded upload into the same kind of uint8 array
-(:meth:`Preprocessor.to_arrays`: grayscale, then the upload normalization) and calls the
-very same transform on them, once per group of equal-sized images
-(:meth:`Preprocessor.from_arrays`; :meth:`Preprocessor.from_images` and
-:meth:`Preprocessor.from_image` are the two halves in one call). No mean, std or input
-size is written anywhere else: they come from the model's :class:`InputSpec`.
+Training feeds its uint8 dataset tensors through :attr:`Preprocessor.transform`. Serving
+turns each upload into the same kind of uint8 array (grayscale, then :meth:`Preprocessor.fit`,
+the upload normalization) and calls the very same transform on them
+(:meth:`Preprocessor.from_arrays`). No mean, std or input size is written anywhere else: they
+come from the model's :class:`InputSpec`.
 """
 
 from __future__ import annotations
@@ -36,11 +34,6 @@ class InputSpec(BaseModel):
     fit: Fit = "none"
 
 
-# from_images holds back at most this many pixels of small images to transform them in
-# groups (28x28: 1,337 images); an image this large is transformed alone, at once (the
-# float copy of a batch costs 4 bytes a pixel).
-TRANSFORM_CHUNK_PIXELS = 1 << 20
-
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -48,9 +41,8 @@ def _scale_to_uint8(arr: np.ndarray, full_scale: float) -> np.ndarray:
     return np.clip(np.rint(arr.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
 
 
-# A decoded image: a Pillow image of any mode, or the ``(H, W)`` uint8 pixels of an upright
-# 8-bit grayscale one (the same as ``np.asarray(image)`` of an "L" image; what the
-# service's fast PNG decoder returns, app/imaging.py).
+# An image as the path takes it: a Pillow image of any mode, or the ``(H, W)`` uint8 pixels
+# of an upright 8-bit grayscale one (what ``gray_pixels`` returns).
 Decoded = Image.Image | np.ndarray
 
 
@@ -98,7 +90,7 @@ def image_to_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).unsqueeze(0)
 
 
-def _gray_pixels(image: Decoded) -> np.ndarray:
+def gray_pixels(image: Decoded) -> np.ndarray:
     """A decoded image -> its upright 8-bit grayscale ``(H, W)`` uint8 pixels."""
     if isinstance(image, np.ndarray):
         if image.ndim != 2 or image.dtype != np.uint8:
@@ -126,76 +118,43 @@ class Preprocessor:
         """uint8 ``(N, 1, H, W)`` (or float in [0, 1]) -> the model's input batch."""
         return self.transform(images)  # type: ignore[no-any-return]
 
+    def fit(self, grays: Iterable[np.ndarray], mode: Mode = "auto") -> Iterator[np.ndarray]:
+        """The upload normalization of each ``(H, W)`` uint8 image, in order, as they are
+        consumed (:func:`training.normalize.normalize_all` with the model's recipe)."""
+        return normalize_all(grays, self.spec.fit, mode)
+
+    def from_arrays(self, arrays: Iterable[np.ndarray]) -> torch.Tensor:
+        """``(H, W)`` uint8 arrays of any sizes -> the ``(n, 1, height, width)`` batch, in
+        order. Equal-sized arrays are stacked and transformed together; the transform
+        computes every image of a batch independently, so the result equals the
+        image-by-image one bit for bit (tests/test_preprocess.py)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        items = list(arrays)
+        for i, arr in enumerate(items):
+            groups.setdefault(arr.shape, []).append(i)
+        if len(groups) == 1:
+            return self.transform(torch.from_numpy(np.stack(items)).unsqueeze(1))  # type: ignore[no-any-return]
+        spec = self.spec
+        out = torch.empty((len(items), spec.channels, spec.height, spec.width))
+        for indices in groups.values():
+            stacked = torch.from_numpy(np.stack([items[i] for i in indices])).unsqueeze(1)
+            out[indices] = self.transform(stacked)
+        return out
+
+    def from_images(self, images: Iterable[Decoded], mode: Mode = "auto") -> torch.Tensor:
+        """Images of any sizes and modes -> one ``(n, 1, height, width)`` batch: grayscale,
+        :meth:`fit`, :meth:`from_arrays`."""
+        return self.from_arrays(self.fit((gray_pixels(image) for image in images), mode))
+
     def from_image(self, image: Decoded, mode: Mode = "auto") -> torch.Tensor:
-        """A decoded image of any size and mode -> one ``(1, height, width)`` model input.
+        """One image of any size and mode -> one ``(1, height, width)`` model input.
 
         ``mode`` picks the upload normalization (see :mod:`training.normalize`): ``auto``
         passes dataset-shaped images through unchanged and normalizes the rest, ``dataset``
-        always normalizes, ``none`` never does. The same path as :meth:`from_images`.
+        always normalizes, ``none`` never does.
         """
         return self.from_images([image], mode)[0]
 
     def to_array(self, image: Decoded, mode: Mode = "auto") -> np.ndarray:
-        """The per-image half of the path: grayscale, then the upload normalization ->
-        an ``(H, W)`` uint8 array for :attr:`transform`. An array is taken as the
-        pixels of an upright 8-bit grayscale image (see :data:`Decoded`). The same path
-        as :meth:`to_arrays`."""
-        return next(self.to_arrays([image], mode))
-
-    def to_arrays(self, images: Iterable[Decoded], mode: Mode = "auto") -> Iterator[np.ndarray]:
-        """:meth:`to_array` of each image, in order, as they are consumed; the
-        normalization's "dataset-shaped?" check runs on runs of 28x28 images together
-        (:func:`training.normalize.normalize_all`), with the same answers."""
-        return normalize_all((_gray_pixels(image) for image in images), self.spec.fit, mode)
-
-    def from_images(self, images: Iterable[Decoded], mode: Mode = "auto") -> torch.Tensor:
-        """Decoded images of any sizes and modes -> one ``(n, 1, height, width)`` batch.
-
-        Per image only what must be (:meth:`to_arrays`); then :meth:`from_arrays` stacks
-        images of equal size and runs :attr:`transform` once per group. The transform
-        computes every image of a batch independently, so the result equals the
-        image-by-image one, bit for bit (tests/test_preprocess.py).
-
-        ``images`` may be a generator: each image is then reduced to its array as it is
-        consumed, so a decoding error surfaces in order and a decoded image is dropped at
-        once (only 28x28 ones are held, briefly, for the batched check).
-        """
-        return self.from_arrays(self.to_arrays(images, mode))
-
-    def from_arrays(self, arrays: Iterable[np.ndarray]) -> torch.Tensor:
-        """``(H, W)`` uint8 arrays of any sizes (from :meth:`to_array`) -> the
-        ``(n, 1, height, width)`` batch, in order: equal-sized arrays are stacked and
-        transformed together.
-
-        At most :data:`TRANSFORM_CHUNK_PIXELS` pixels are held back for grouping; a larger
-        array is transformed at once, alone, so 64 large uploads never become one huge
-        float tensor.
-        """
-        done: list[tuple[list[int], torch.Tensor]] = []
-        pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
-        held = 0
-
-        def flush() -> None:
-            for group in pending.values():
-                stacked = torch.from_numpy(np.stack([arr for _, arr in group]))  # a copy
-                done.append(([i for i, _ in group], self.transform(stacked.unsqueeze(1))))
-            pending.clear()
-
-        n = 0
-        for n, arr in enumerate(arrays, 1):
-            if arr.size >= TRANSFORM_CHUNK_PIXELS:
-                done.append(([n - 1], self.transform(image_to_uint8(arr).unsqueeze(0))))
-                continue
-            pending.setdefault(arr.shape, []).append((n - 1, arr))
-            held += arr.size
-            if held >= TRANSFORM_CHUNK_PIXELS:
-                flush()
-                held = 0
-        flush()
-        if len(done) == 1:
-            return done[0][1]  # one group, in order
-        spec = self.spec
-        out = torch.empty((n, spec.channels, spec.height, spec.width))
-        for indices, result in done:
-            out[indices] = result
-        return out
+        """One image -> the ``(H, W)`` uint8 array the transform gets (grayscale, fitted)."""
+        return next(self.fit([gray_pixels(image)], mode))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.deps import RegistryDep, require_api_key
+from app.deps import ApiKeyDep, RegistryDep
 from app.registry import ServingModel
 from app.schemas import ErrorBody, ModelInfo, ModelList
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["models"], dependencies=[ApiKeyDep])
 
 
 def _info(model: ServingModel, default: str) -> ModelInfo:

@@ -1,6 +1,6 @@
 """A realistic upload set, and its evaluation through the HTTP service.
 
-``python -m training.realworld generate`` writes images that look like what users send,
+``python bench/realworld.py generate`` writes images that look like what users send,
 built only from the TEST splits (never the training images) and from handwriting fonts:
 
 * ``mnist-inverted``: MNIST test digits, black on white, upscaled to 64..512 px (PNG);
@@ -14,7 +14,7 @@ built only from the TEST splits (never the training images) and from handwriting
 Everything goes under ``--out`` (default ``data/realworld``, ignored by git) with a
 ``labels.csv``; the same ``--seed`` gives the same files.
 
-``python -m training.realworld evaluate`` starts the service (``python -m app``) on a free
+``python bench/realworld.py evaluate`` starts the service (``python -m app``) on a free
 loopback port (or uses ``--url``), posts every image with ``preprocess=none`` and with
 ``preprocess=auto`` (and ``dataset`` with ``--modes``), and prints accuracy per kind of
 upload and per model.
@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,9 +36,11 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.testing import REPO, running_server
 from training.datasets import load_split
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "data" / "realworld"
 
 # Handwriting-like fonts and the Debian package of each (``apt-get install`` them all with
@@ -222,46 +221,14 @@ def read_labels(folder: Path) -> list[Sample]:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve(models_dir: Path | None = None) -> Iterator[str]:
     """``python -m app`` on a free loopback port; yields its URL once ready."""
-    port = _free_port()
-    env = {**os.environ, "MNIST_SERVE_HOST": "127.0.0.1", "MNIST_SERVE_PORT": str(port),
-           "MNIST_SERVE_ACCESS_LOG": "false"}  # fmt: skip
+    env = {"MNIST_SERVE_ACCESS_LOG": "false"}
     if models_dir is not None:
         env["MNIST_SERVE_MODELS_DIR"] = str(models_dir)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with status {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the service did not become ready in 120 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_server(env, output=subprocess.DEVNULL) as server:
+        yield server.url
 
 
 def predict_files(
@@ -327,7 +294,7 @@ def format_table(rows: list[Row], modes: tuple[str, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.realworld", description=__doc__,
+        prog="python bench/realworld.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
