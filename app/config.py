@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # CORS: origins allowed to call the API from a browser; empty = CORS off.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # The browser demo at GET / (app/static); off = browsers get the JSON index too.
+    demo: bool = True
+
     log_level: str = "info"
     access_log: bool = True
 
