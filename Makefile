@@ -52,7 +52,7 @@ FONTS := fonts-dkg-handwriting fonts-bwht fonts-comic-neue fonts-dancingscript \
 fonts:  ## install the handwriting fonts (needs root / apt-get)
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends $(FONTS)
 
-# Debian's chromium for the browser demo's tests (tests/test_demo_browser.py), driven by
+# Debian's chromium for the browser demo's tests (tests/system/test_demo_browser.py), driven by
 # Playwright; without it those tests skip cleanly.
 browser:  ## install chromium for the browser tests (needs root / apt-get)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium

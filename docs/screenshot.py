@@ -18,8 +18,8 @@ sys.path.insert(0, str(REPO))  # run as a script: the tests' helpers are importe
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from tests.demo_page import DIGITS, chromium_path, draw, wait_for_result  # noqa: E402
 from tests.helpers import running_server  # noqa: E402
+from tests.system.demo_page import DIGITS, chromium_path, draw, wait_for_result  # noqa: E402
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from tests.demo_page import DIGITS, chromium_path, device_draw, draw, wait_for_result
 from tests.helpers import Server, encode, running_server
+from tests.system.demo_page import DIGITS, chromium_path, device_draw, draw, wait_for_result
 from training.datasets import Split
 
 _missing = (

@@ -1,6 +1,6 @@
 """The browser demo's server side (app/routes/demo.py), in-process: content negotiation,
 the security headers, the static files, MNIST_SERVE_DEMO=false. The page itself is driven
-in a real browser by tests/test_demo_browser.py."""
+in a real browser by tests/system/test_demo_browser.py."""
 
 from __future__ import annotations
 
