@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest models evaluate bench-train docker-smoke bench fonts realworld clean
+.PHONY: install serve test lint typecheck pytest models evaluate bench-train docker-smoke bench fonts browser screenshot realworld clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ FONTS := fonts-dkg-handwriting fonts-bwht fonts-comic-neue fonts-dancingscript \
          fonts-humor-sans fonts-breip fonts-kristi
 fonts:  ## install the handwriting fonts (needs root / apt-get)
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends $(FONTS)
+
+# Debian's chromium for the browser demo's tests (tests/system/test_demo_browser.py), driven by
+# Playwright; without it those tests skip cleanly.
+browser:  ## install chromium for the browser tests (needs root / apt-get)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+screenshot: $(STAMP)  ## redraw docs/demo.png: the browser demo after drawing a digit
+	$(PY) docs/screenshot.py
 
 realworld: $(STAMP)  ## generate the realistic upload set and report accuracy, none vs auto
 	$(PY) bench/realworld.py generate --per-kind 1000 --seed 0

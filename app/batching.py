@@ -13,7 +13,7 @@ a job whose request was cancelled while it waited is skipped; ``stop`` finishes 
 queued.
 
 The worker also decodes and encodes so that a request is *one* thread hop (event loop ->
-worker -> event loop) instead of three (docs/decisions/0005-batching-one-thread-hop.md).
+worker -> event loop) instead of three (docs/decisions/0005-adaptive-batching-one-thread-hop.md).
 Pillow, numpy and torch release the GIL while they work, so the event loop keeps parsing.
 """
 

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     # default worker count is 1 on the CPU and 2 beside a GPU on 16 cores. One thread is the
     # right size for these models: a batch of <= 64 28x28 images is too small for a second
     # intra-op thread to pay for its hand-offs, and the cores are better spent on more
-    # worker processes (each has its own event loop and GIL). Measured in bench/RESULTS.md.
+    # worker processes (each has its own event loop and GIL); see
+    # docs/decisions/0007-worker-processes-and-torch-threads.md.
     torch_threads: int | None = Field(None, ge=1)
     # On the CPU, serve each model exported to ONNX and run by ONNX Runtime (a sixth of
     # torch's per-call overhead at batch 1, ~12% less per image at 64); on a GPU, as CUDA
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     # CORS: origins allowed to call the API from a browser; empty = CORS off.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # The browser demo at GET / (app/static); off = browsers get the JSON index too.
+    demo: bool = True
 
     log_level: str = "info"
     access_log: bool = True

@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.config import Settings
 from app.errors import Unauthorized
 from app.registry import Registry
 
@@ -23,25 +22,20 @@ async def get_registry(request: Request) -> Registry:
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-def check_api_key(settings: Settings, x_api_key: str | None, authorization: str | None) -> None:
-    """With MNIST_SERVE_API_KEY set: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
-    expected = settings.api_key
+async def require_api_key(request: Request, registry: RegistryDep) -> None:
+    """With MNIST_SERVE_API_KEY set, the routes that take a key (``/predict``, ``/models``)
+    need ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+    expected = registry.settings.api_key
     if expected is None:
         return
-    given = x_api_key
-    auth = authorization or ""
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
     if given is None and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()
     if given is None or not secrets.compare_digest(
         given.encode(), expected.get_secret_value().encode()
     ):
         raise Unauthorized("missing or invalid API key")
-
-
-async def require_api_key(request: Request, registry: RegistryDep) -> None:
-    """The API-key check of the routes that take one (``/predict``, ``/models``)."""
-    headers = request.headers
-    check_api_key(registry.settings, headers.get("x-api-key"), headers.get("authorization"))
 
 
 ApiKeyDep = Depends(require_api_key)

@@ -7,7 +7,7 @@ pixel count is read from the header and checked *before* any pixel is decoded.
 Pillow decodes every format. A plain 8-bit grayscale PNG (what MNIST-style clients send: no
 transparency, no EXIF, no text chunks that could change what the image means) goes to
 libspng (pyspng) instead, which is ~5x faster on it (docs/decisions/0004-png-fast-path.md).
-Both give the same pixels (tests/test_imaging.py); the CRC and size checks run before either.
+Both give the same pixels (tests/app/test_imaging.py); the CRC and size checks run before either.
 On damaged files the fast path is the stricter: it also refuses a zlib stream that is cut
 short, fails its checksum or holds more rows than the header says, which Pillow reads past.
 """

@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,12 +17,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.config import Settings
-from app.deps import RegistryDep
 from app.errors import install_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, StartupError
-from app.routes import health, models, predict, v2
+from app.routes import demo, health, models, predict, v2
 from app.runtime import configure_process
 from training.device import DeviceError, resolve_device
 
@@ -107,20 +106,11 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = No
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    app.include_router(demo.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", include_in_schema=False)
-    async def index(registry: RegistryDep) -> dict[str, Any]:
-        return {
-            "service": "mnist-serve",
-            "docs": "/docs",
-            "predict": "POST /predict",
-            "models": sorted(registry.models),
-            "default_model": settings.default_model,
-        }
 
     if settings.cors_origins:
         app.add_middleware(

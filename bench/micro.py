@@ -1,4 +1,4 @@
-"""Per-image micro-timings of the /predict hot path, step by step (bench/RESULTS.md).
+"""Per-image micro-timings of the /predict hot path, stage by stage (app/pipeline.py).
 
     taskset -c 0 .venv/bin/python bench/micro.py [--repeat 7]
 
@@ -7,9 +7,9 @@ thread): decode (the service's, which takes the libspng path for these), Pillow'
 load and to_grayscale (the path every other image takes), the normalization's
 "dataset-shaped?" check, image_to_uint8, the transform on one image, ``from_image`` per
 image, ``from_images`` on 64 images, decode + preprocess of a whole 64-file request (the
-route's ``prepare`` and the transform), the forward pass at batch 64 and 1 (eager, and as
-the service runs it: app/optimize.py), multipart parsing of a 64-file body
-(app/uploads.py) and JSON rendering of 64 rows.
+pipeline's ``prepare`` and ``transform``), the forward pass at batch 64 and 1 (eager, and
+as the service runs it: app/optimize.py), multipart parsing of a 64-file body
+(app/uploads.py) and /predict's JSON encoding of 64 rows.
 Each figure is the best of ``--repeat`` runs, in microseconds per image.
 """
 
@@ -20,6 +20,7 @@ import asyncio
 import io
 import sys
 import timeit
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.batching import Output
 from app.imaging import decode
 from app.optimize import optimized_for_cpu
-from app.routes.predict import prepare, render
+from app.pipeline import Pipeline
+from app.routes.predict import encode
 from training.datasets import load_split
 from training.loader import load_model
 from training.normalize import looks_dataset_shaped, normalize
@@ -72,13 +75,11 @@ def _parse_multipart(body: bytes, content_type: str, chunk: int = 65536) -> int:
     from app.uploads import read_multipart
 
     async def run() -> int:
-        messages = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+        async def stream() -> AsyncIterator[bytes]:
+            for i in range(0, len(body), chunk):
+                yield body[i : i + chunk]
 
-        async def receive() -> dict[str, Any]:
-            data = messages.pop(0)
-            return {"type": "http.request", "body": data, "more_body": bool(messages)}
-
-        uploads = await read_multipart(content_type.encode(), receive, max_files=1000)
+        uploads = await read_multipart(content_type, stream(), max_files=1000)
         return sum(len(data) for _, data in uploads)
 
     return asyncio.run(run())
@@ -90,11 +91,9 @@ def _pillow_decode(data: bytes) -> Image.Image:
     return image
 
 
-def inputs(uploads: list[tuple[str, bytes]], pre: Any) -> torch.Tensor:
-    """What the batch worker makes of one request: ``prepare`` (+ the transform, when it
-    returns arrays, as the worker then runs it)."""
-    x = prepare(uploads, pre, MAX_PIXELS)
-    return pre.from_arrays(x) if isinstance(x, list) else x
+def inputs(uploads: list[tuple[str, bytes]], pipeline: Pipeline) -> torch.Tensor:
+    """What the batch worker makes of one request: ``prepare``, then ``transform``."""
+    return pipeline.transform(pipeline.prepare(uploads))
 
 
 def best_us(fn: Any, per: int, repeat: int, number: int) -> float:
@@ -108,6 +107,7 @@ def main() -> None:
     torch.set_num_threads(1)
     loaded = load_model(REPO / "models" / "mnist-lenet5", "cpu")
     pre = loaded.preprocessor
+    pipeline = Pipeline(loaded, loaded.model, MAX_PIXELS)
     fit = pre.spec.fit
     pngs = _pngs(N)
     images = [decode(d, "f", MAX_PIXELS) for d in pngs]  # pixels: the fast PNG path
@@ -138,12 +138,14 @@ def main() -> None:
             ("from_images(auto), 64 images", best_us(lambda: pre.from_images(images), N, r, 20))
         )
     rows.append(
-        ("decode + preprocess, 64-file request", best_us(lambda: inputs(uploads, pre), N, r, 5))
+        (
+            "decode + preprocess, 64-file request",
+            best_us(lambda: inputs(uploads, pipeline), N, r, 5),
+        )
     )
-    x = inputs(uploads, pre)
+    x = inputs(uploads, pipeline)
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x), dim=1)
-    classes = loaded.manifest.classes
     spec = pre.spec
     example = torch.randn(8, spec.channels, spec.height, spec.width)
     served = optimized_for_cpu(loaded.model, example, loaded.name)
@@ -156,8 +158,9 @@ def main() -> None:
                         best_us(lambda m=model, b=batch: torch.softmax(m(b), 1), len(batch), r, 20),
                     )
                 )
+    output = Output(x, probs)
     rows.append(
-        ("render JSON, 64 rows", best_us(lambda: render("m", classes, probs, None), N, r, 50))
+        ("encode JSON, 64 rows", best_us(lambda: encode(pipeline, None, False, output), N, r, 50))
     )
     body, ctype = _multipart(pngs)
     rows.append(

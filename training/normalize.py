@@ -77,7 +77,7 @@ def looks_dataset_shaped(gray: np.ndarray) -> bool:
     on every upload in ``auto`` mode, so on uint8 images it is computed without numpy's
     median (about 15 us a call): the border's median and spread are half-integers, read
     exactly from the sorted integers, and the rest is the same float32 arithmetic, so the
-    answer is identical (tests/test_preprocess.py checks both datasets against the plain
+    answer is identical (tests/training/test_preprocess.py checks both datasets against the plain
     formula). When the border is one level (MNIST's black frame: 99% of its test set) the
     spread is 0, the sums are of integers and exact, and the test reduces to comparing
     the image's sum with that level times its size.
@@ -105,9 +105,8 @@ def dataset_shaped_each(grays: np.ndarray) -> np.ndarray:
 
     The images whose border is one level (the common case) are decided together, by the
     same integer comparison as the one-image check, in three numpy calls for the whole
-    stack; the others go through :func:`looks_dataset_shaped` one by one. In the server,
-    a 64-file upload's normalization went from 12.3 to ~2 us per image (bench/RESULTS.md,
-    "what changed", item 8).
+    stack; the others go through :func:`looks_dataset_shaped` one by one: ~2 us per image
+    of a 64-file upload instead of ~12.
     """
     flat = grays.reshape(len(grays), -1)
     ring = flat[:, _RING]
@@ -214,7 +213,7 @@ def _border(a: np.ndarray) -> np.ndarray:
 
 # The flat indices of _border on a 28x28 image (corners twice, as _border has them): the
 # "dataset-shaped?" check runs on every upload, and one fancy index costs 1.5 us against
-# _border's 2.9 (bench/RESULTS.md).
+# _border's 2.9.
 _RING = _border(np.arange(CANVAS * CANVAS).reshape(CANVAS, CANVAS))
 
 

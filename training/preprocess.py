@@ -127,7 +127,7 @@ class Preprocessor:
         """``(H, W)`` uint8 arrays of any sizes -> the ``(n, 1, height, width)`` batch, in
         order. Equal-sized arrays are stacked and transformed together; the transform
         computes every image of a batch independently, so the result equals the
-        image-by-image one bit for bit (tests/test_preprocess.py)."""
+        image-by-image one bit for bit (tests/training/test_preprocess.py)."""
         groups: dict[tuple[int, ...], list[int]] = {}
         items = list(arrays)
         for i, arr in enumerate(items):

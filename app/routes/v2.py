@@ -42,7 +42,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         404: "Unknown model or version",
         413: "Body (also once decompressed), image count or image pixel count over its limit",
         415: "An image element that is not an image type we take; an unknown Content-Encoding",
-        503: "Models not loaded yet, or the server is draining",
+        503: "Not ready: the server is draining",
     }.items()
 }
 _MODEL_ERRORS: dict[int | str, dict[str, object]] = {
@@ -111,7 +111,7 @@ async def get_model_version_metadata(
 
 @router.get("/v2/models/{model}/ready", responses=_MODEL_ERRORS, dependencies=[ApiKeyDep])
 async def model_ready(model: str, registry: RegistryDep) -> rest.ModelReady:
-    """200 when the model takes requests; 503 while loading or draining."""
+    """200 when the model takes requests; 503 while the server drains."""
     return _ready(registry, model, None)
 
 
@@ -119,7 +119,7 @@ async def model_ready(model: str, registry: RegistryDep) -> rest.ModelReady:
     "/v2/models/{model}/versions/{version}/ready", responses=_MODEL_ERRORS, dependencies=[ApiKeyDep]
 )
 async def model_version_ready(model: str, version: str, registry: RegistryDep) -> rest.ModelReady:
-    """200 when the model version takes requests; 503 while loading or draining."""
+    """200 when the model version takes requests; 503 while the server drains."""
     return _ready(registry, model, version)
 
 

@@ -17,7 +17,7 @@ published on PyPI (no network at test time; these files are committed).
   CRD); each model's ``openapi_types``, ``attribute_map`` and non-null checks are read with
   ``ast`` (importing the SDK pulls in its whole server) and turned into a strict schema.
   Kubernetes types inside it (the predictor's pod-spec fields, a container) are left as
-  objects here: tests/test_deploy.py checks those with kubernetes-validate.
+  objects here: tests/system/test_deploy.py checks those with kubernetes-validate.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def kserve_inferenceservice(wheel: Path) -> dict[str, Any]:
         f"openapi_types and attribute_map of the models in the kserve {version} SDK on PyPI "
         f"(openapi-generator output of KServe's OpenAPI document), additionalProperties: "
         f"false on every KServe object; Kubernetes types inside are plain objects and are "
-        f"checked by kubernetes-validate in tests/test_deploy.py. Regenerate with "
+        f"checked by kubernetes-validate in tests/system/test_deploy.py. Regenerate with "
         f"tests/schemas/generate.py."
     )
     return strict(

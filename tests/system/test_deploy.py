@@ -53,7 +53,7 @@ COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
 K8S = REPO / "deploy" / "kubernetes"
 AUTOSCALING = K8S / "autoscaling"
 KSERVE = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
-SCHEMAS = Path(__file__).parent / "schemas"
+SCHEMAS = Path(__file__).parents[1] / "schemas"
 PREFIX = "MNIST_SERVE_"
 # Kubernetes' own kinds, checked by kubernetes-validate: deploy/kubernetes/ (what `kubectl
 # apply -f deploy/kubernetes/` creates) and the HPA that replaces its CPU one.

@@ -23,10 +23,10 @@ from uvicorn.config import STARTUP_FAILURE
 
 from app.config import Settings
 from app.main import create_app
+from tests.app.test_hostile_inputs import ACCEPTED, REJECTED, Digits, send
+from tests.app.test_hostile_inputs import digits as digits  # the fixture
 from tests.conftest import wait_until_ready
 from tests.helpers import MODELS_DIR, REPO, encode, spawn
-from tests.test_hostile_inputs import ACCEPTED, REJECTED, Digits, send
-from tests.test_hostile_inputs import digits as digits  # the fixture
 from training.loader import ModelLoadError, load_model
 
 KEY = "s3cret-key-for-tests"
@@ -205,7 +205,7 @@ PROTECTED = [
     ("GET", "/v2/models/mnist-lenet5"),
     ("GET", "/v2/models/mnist-lenet5/ready"),
 ]
-# V2 inference takes the key too (tests/test_v2.py, with a V2 body).
+# V2 inference takes the key too (tests/app/test_v2.py, with a V2 body).
 OPEN = ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/v2", "/metrics"]
 
 

@@ -23,7 +23,7 @@ from app.optimize import (
 )
 from training.loader import discover, load_model
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.parametrize("folder", discover(MODELS), ids=lambda p: p.name)
