@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from app.context import current_request_id
+
 log = logging.getLogger("app")
+
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 class ServeError(Exception):
@@ -20,6 +28,11 @@ class ServeError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Headers the response carries besides the JSON body."""
+        return None
+
 
 class InvalidImage(ServeError):
     status_code = 400  # undecodable, truncated, corrupt
@@ -27,6 +40,10 @@ class InvalidImage(ServeError):
 
 class Unauthorized(ServeError):
     status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class ModelNotFound(ServeError):
@@ -49,14 +66,53 @@ class NotReady(ServeError):
     status_code = 503
 
 
-def error_response(status_code: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status_code)
+class Overloaded(ServeError):
+    """The model's queue is full, or a request waited past its timeout: come back after
+    ``retry_after`` seconds (app/admission.py)."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class QueueTimeout(Overloaded):
+    """The request was still queued when MNIST_SERVE_REQUEST_TIMEOUT_S ran out."""
+
+
+def error_response(
+    status_code: int, detail: object, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error body, with the request's ID (app/context.py) in it and in a header:
+    this also answers for the outermost 500 handler, past the middleware that echoes it."""
+    rid = current_request_id()
+    body: dict[str, object] = {"detail": detail}
+    if rid is not None:
+        body["request_id"] = rid
+        headers = {**(headers or {}), REQUEST_ID_HEADER: rid}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 async def _serve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServeError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    return error_response(exc.status_code, exc.detail, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own errors (404 for an unknown path, 405), in the same shape as ours.
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail, exc.headers)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's 422 for bad query parameters, with the request ID added.
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, jsonable_encoder(exc.errors()))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -73,5 +129,7 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
 
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServeError, _serve_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

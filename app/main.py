@@ -20,7 +20,7 @@ from app.config import Settings
 from app.deps import RegistryDep
 from app.errors import install_handlers
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
 from app.registry import Registry, StartupError
 from app.routes import health, models, predict
 from app.runtime import configure_process
@@ -130,4 +130,6 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = No
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every response, a 413 from the body limit included, carries the ID.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app
