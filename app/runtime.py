@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from PIL import Image, PngImagePlugin
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 from app.config import Settings
 
@@ -48,6 +49,8 @@ def log_config(settings: Settings) -> dict[str, Any]:
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": fields,
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn adds a copy of some messages with terminal colour codes.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         }
         if settings.log_format == "json"
         else {"()": TextFormatter, "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
@@ -67,10 +70,13 @@ def log_config(settings: Settings) -> dict[str, Any]:
             }
         },
         "root": {"handlers": ["default"], "level": level},
-        # uvicorn's own loggers carry handlers and stop propagation unless told otherwise.
+        # uvicorn's own loggers carry handlers and stop propagation unless told otherwise;
+        # its access lines are off for good (app/middleware.py writes richer ones).
         "loggers": {
-            name: {"handlers": [], "propagate": True, "level": level}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+            "uvicorn": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.asgi": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.access": {"handlers": [], "propagate": False},
         },
     }
 
