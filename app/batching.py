@@ -110,14 +110,15 @@ class BatchEngine:
         max_batch_size: int,
         max_batch_delay_ms: float = 0.0,
         *,
-        max_queue_images: int = 0,
+        max_queue_images: int | None = 0,
         timeout_s: float = 0.0,
         observer: QueueObserver | None = None,
     ) -> None:
         self.stages = stages
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
-        self.admission = Admission(stages.name, max_queue_images, observer)
+        # The automatic bound lets at least one full batch wait.
+        self.admission = Admission(stages.name, max_queue_images, observer, max_batch_size)
         self.timeout_s = timeout_s
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"batch-{stages.name}", daemon=True)

@@ -44,10 +44,10 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(0.0, ge=0)  # 0 = never wait for a batch to fill
     # Admission control, per model and worker process (app/admission.py): a request that
     # would put more images than this in the queue gets 503 with Retry-After at once; 0 =
-    # unbounded. Default: about one second of work for one worker on one core, which does
-    # 16,000 28x28 PNG digits a second with mnist-lenet5 in 64-image batches
-    # (bench/queue_rate.py). Larger photos take longer each: REQUEST_TIMEOUT_S bounds time.
-    max_queue_images: int = Field(16_000, ge=0)
+    # unbounded. Default: one second of work at the rate the worker achieves, starting from
+    # 16,000 (28x28 PNG digits, mnist-lenet5, 64-image batches, one core; a phone photo
+    # takes ~100x longer, so the bound follows what is uploaded).
+    max_queue_images: int | None = Field(None, ge=0)
     # A request still queued this many seconds after it arrived gets 503 without its work
     # being done; 0 = off.
     request_timeout_s: float = Field(0.0, ge=0)

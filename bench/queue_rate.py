@@ -1,5 +1,6 @@
-"""Images per second one batch worker achieves: the figure behind the default
-``MNIST_SERVE_MAX_QUEUE_IMAGES`` (about one second of work).
+"""Images per second one batch worker achieves on 28x28 digits: the starting rate of the
+automatic queue bound (``MNIST_SERVE_MAX_QUEUE_IMAGES`` unset: one second of work at the
+measured rate; app/admission.py's ``INITIAL_RATE``).
 
     taskset -c 0 python bench/queue_rate.py [--model mnist-lenet5] [--seconds 10]
 

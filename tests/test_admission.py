@@ -256,3 +256,19 @@ def test_the_worker_runs_a_job_in_the_context_of_its_request() -> None:
         engine.stop()
     assert seen == ["req-a", "req-b", "req-a", "req-b"]  # both prepared, then both encoded
     assert context.current_request_id() is None  # the worker thread's own context is clean
+
+
+def test_the_automatic_bound_is_a_second_of_work_at_the_measured_rate() -> None:
+    admission = Admission("m", max_images=None, min_images=64)
+    assert admission.limit() == 16_000  # the starting figure, before any batch has run
+    admission.ran(200, 1.0)  # large photos: 200 a second
+    assert admission.limit() == 200
+    admission.reserve(150)
+    with pytest.raises(Overloaded) as refused:
+        admission.reserve(64)  # 150 + 64 > 200
+    assert "at most 200" in refused.value.detail
+    admission.reserve(50)
+    for _ in range(40):  # slower still: the bound never drops below one full batch
+        admission.ran(10, 1.0)
+    assert admission.limit() == 64
+    assert Admission("m", max_images=0).limit() == 0  # 0: unbounded, whatever the rate
