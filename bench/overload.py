@@ -6,7 +6,11 @@
 For each side (the service, with its default queue bound, and the plain baseline):
 
 1. *Peak*: a closed loop of ``--overload-concurrency`` clients sending ``--overload-files``
-   -file uploads for ``--overload-seconds``; correct answers per second.
+   -file uploads for ``--overload-seconds``; correct answers per second. The uploads are
+   phone photos of MNIST test digits (``--overload-kind photo``, default: JPEGs of 240-640
+   px made by bench/realworld.py, as in the report that asked for admission control: 16
+   photos a request) or the 28x28 test PNGs (``digit``; on a 2-core machine a Python client
+   cannot offer 3x the service's rate of those).
 2. *Overload*: an open loop at ``--overload-factor`` times that peak, for the same time: a
    request is sent on schedule whether or not earlier ones were answered (as independent
    users do), at most ``--overload-in-flight`` at once, each with a 60 s timeout; then the
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import statistics
 import sys
@@ -50,6 +55,7 @@ Body = tuple[bytes, dict[str, str]]
 @dataclass
 class Overload:
     side: str
+    kind: str
     files: int
     peak_rps: float  # correct answers per second, closed loop
     offered_rps: float  # the open loop's schedule
@@ -72,15 +78,29 @@ class Overload:
         return self.goodput_rps / self.peak_rps if self.peak_rps else 0.0
 
 
-def bodies(paths: list[str], files: int, count: int) -> list[Body]:
-    """``count`` multipart uploads of ``files`` PNGs each, rotating through ``paths``."""
+def photos(count: int) -> list[bytes]:
+    """``count`` phone photos (JPEG) of MNIST test digits, the same on every run."""
+    from bench.realworld import phone_photo
+    from training.datasets import load_split
+
+    split = load_split("mnist", train=False)
+    rng = np.random.default_rng(19)
+    out = []
+    for i in range(count):
+        buf = io.BytesIO()
+        phone_photo(split.images[i, 0].numpy(), rng).save(buf, "JPEG", quality=80)
+        out.append(buf.getvalue())
+    return out
+
+
+def bodies(images: list[bytes], files: int, count: int) -> list[Body]:
+    """``count`` multipart uploads of ``files`` images each, rotating through ``images``."""
     out = []
     for k in range(count):
         parts = [
-            ("file", (f"{i}.png", Path(paths[(k * files + i) % len(paths)]).read_bytes(),
-                      "image/png"))
+            ("file", (f"{i}", images[(k * files + i) % len(images)], "application/octet-stream"))
             for i in range(files)
-        ]  # fmt: skip
+        ]
         request = httpx.Request("POST", "http://x/", files=parts)
         out.append((request.read(), {"Content-Type": request.headers["Content-Type"]}))
     return out
@@ -129,7 +149,7 @@ async def peak(url: str, uploads: list[Body], expected: list[list[str]], concurr
 
 async def offer(
     side: str, url: str, uploads: list[Body], expected: list[list[str]], peak_rps: float,
-    factor: float, seconds: float, in_flight: int, files: int,
+    factor: float, seconds: float, in_flight: int, files: int, kind: str,
 ) -> Overload:  # fmt: skip
     """The open loop at ``factor`` x ``peak_rps`` for ``seconds``."""
     rate = factor * peak_rps
@@ -192,7 +212,7 @@ async def offer(
     sent = len(tasks)
     correct, wrong, shed = counts.pop("correct", 0), counts.pop("wrong", 0), counts.pop("shed", 0)
     return Overload(
-        side=side, files=files, peak_rps=peak_rps, offered_rps=rate,
+        side=side, kind=kind, files=files, peak_rps=peak_rps, offered_rps=rate,
         achieved_rps=sent / send_window, sent=sent, correct=correct, wrong=wrong, shed=shed,
         errors=dict(counts), elapsed_s=elapsed, goodput_rps=correct / elapsed,
         shed_share=shed / sent if sent else 0.0, p50_ms=p(latencies, 50),
@@ -217,7 +237,8 @@ def pinned(cores: str) -> Iterator[None]:
 
 @dataclass
 class Options:
-    files: int = 64
+    kind: str = "photo"
+    files: int = 16
     seconds: float = 10
     factor: float = 3.0
     concurrency: int = 16
@@ -225,11 +246,15 @@ class Options:
     uploads: int = 16
 
 
-def measure(sides: list[tuple[str, str]], paths: list[str], opts: Options,
+def measure(sides: list[tuple[str, str]], pngs: list[str], opts: Options,
             client_cores: str) -> list[Overload]:  # fmt: skip
     """The overload row of each (name, url) side; the first side's idle answers are the
-    expected labels."""
-    uploads = bodies(paths, opts.files, opts.uploads)
+    expected labels. ``pngs``: paths of the digit PNGs."""
+    if opts.kind == "photo":
+        images = photos(opts.files * opts.uploads)
+    else:
+        images = [Path(path).read_bytes() for path in pngs]
+    uploads = bodies(images, opts.files, opts.uploads)
     expected = expected_labels(sides[0][1], uploads)
     rows = []
     with pinned(client_cores):
@@ -237,7 +262,7 @@ def measure(sides: list[tuple[str, str]], paths: list[str], opts: Options,
             rps = asyncio.run(peak(url, uploads, expected, opts.concurrency, opts.seconds))
             load = offer(
                 name, url, uploads, expected, rps, opts.factor, opts.seconds, opts.in_flight,
-                opts.files,
+                opts.files, opts.kind,
             )  # fmt: skip
             rows.append(asyncio.run(load))
     return rows
@@ -245,7 +270,7 @@ def measure(sides: list[tuple[str, str]], paths: list[str], opts: Options,
 
 def table(rows: list[Overload]) -> str:
     head = (
-        f"{'side':<9} {'files':>5} {'peak r/s':>8} {'offered':>8} {'sent r/s':>8} "
+        f"{'side':<9} {'kind':<5} {'files':>5} {'peak r/s':>8} {'offered':>8} {'sent r/s':>8} "
         f"{'goodput':>8} {'of peak':>7} {'shed':>6} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'p99 1st/2nd half ms':>20} {'wrong':>5}  errors"
     )
@@ -254,7 +279,7 @@ def table(rows: list[Overload]) -> str:
         halves = f"{r.p99_first_half_ms:.0f} / {r.p99_second_half_ms:.0f}"
         errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "0"
         lines.append(
-            f"{r.side:<9} {r.files:>5} {r.peak_rps:>8.1f} {r.offered_rps:>8.1f} "
+            f"{r.side:<9} {r.kind:<5} {r.files:>5} {r.peak_rps:>8.1f} {r.offered_rps:>8.1f} "
             f"{r.achieved_rps:>8.1f} {r.goodput_rps:>8.1f} {r.goodput_of_peak:>7.0%} "
             f"{r.shed_share:>6.0%} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f} {halves:>20} "
             f"{r.wrong:>5}  {errors}"
@@ -268,6 +293,8 @@ def as_json(rows: list[Overload]) -> list[dict[str, object]]:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     d = Options()
+    ap.add_argument("--overload-kind", choices=["photo", "digit"], default=d.kind,
+                    help="what is uploaded")  # fmt: skip
     ap.add_argument("--overload-files", type=int, default=d.files, help="files per request")
     ap.add_argument(
         "--overload-seconds",
@@ -290,8 +317,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def options(args: argparse.Namespace) -> Options:
     return Options(
-        files=args.overload_files, seconds=args.overload_seconds, factor=args.overload_factor,
-        concurrency=args.overload_concurrency, in_flight=args.overload_in_flight,
+        kind=args.overload_kind, files=args.overload_files, seconds=args.overload_seconds,
+        factor=args.overload_factor, concurrency=args.overload_concurrency,
+        in_flight=args.overload_in_flight,
     )  # fmt: skip
 
 

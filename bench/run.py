@@ -18,6 +18,10 @@ medians. Prints one table (req/s, images/s, p50, p99, errors, server CPU per req
 to the baseline row of the same concurrency and files), then the 64-file ratios, cold start
 and resident memory, and writes everything as JSON under bench/out/.
 
+Last, the overload row (bench/overload.py): each side offered about 3x its own peak with
+an open loop of uploads whose answers are checked; goodput, the share shed and the accepted
+requests' p99 (``--overload-seconds 0`` leaves it out).
+
 On a GPU (``--device cuda``) both sides run their forward passes there, each with
 ``--workers`` server processes; the report adds the share of the service's wall time spent
 in forward passes (from its ``mnist_serve_inference_duration_seconds`` metric).
@@ -47,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.testing import REPO, spawn, wait_ready
+from bench import overload
 
 OUT = REPO / "bench" / "out"
 LUA = REPO / "bench" / "predict.lua"
@@ -323,6 +328,7 @@ def main() -> int:
     ap.add_argument("--client-cores", default="1", help="taskset list for wrk")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=1000, help="distinct test PNGs to rotate")
+    overload.add_arguments(ap)
     args = ap.parse_args()
 
     for tool in ("wrk", "taskset"):
@@ -416,6 +422,15 @@ def main() -> int:
             "rss_mib_after_run": rss_after,
             "label_agreement_of_20": agree,
         }
+
+        if args.overload_seconds:
+            rows = overload.measure(
+                [(service.name, service.url), (baseline.name, baseline.url)],
+                listing.read_text().split(), overload.options(args), setup.client_cores,
+            )  # fmt: skip
+            print(f"\noverload: each side offered {args.overload_factor:g}x its own peak")
+            print(overload.table(rows))
+            report["overload"] = overload.as_json(rows)
 
         if args.soak:
             soak: list[dict[str, float]] = []
