@@ -1,6 +1,6 @@
 """Serving benchmark: the service against a plain baseline, both sides in one run.
 
-    python bench/run.py                 # the table (about 3 minutes)
+    python bench/run.py                 # the table and the overload row (about 5 minutes)
     python bench/run.py --soak 100000   # + resident memory over 100,000 requests
     python bench/run.py --device cuda --workers 8 --server-cores 0-7 --client-cores 8-15 \
         --wrk-threads 4 --rounds 3                                  # the GPU comparison
