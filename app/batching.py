@@ -12,11 +12,10 @@ the next batch); a job whose ``prepare`` or ``encode`` fails (a corrupt upload) 
 a job whose request was cancelled while it waited is skipped; ``stop`` finishes what is
 queued.
 
-Admission (app/admission.py): :meth:`BatchEngine.submit` refuses a job that would put more
-than ``max_queue_images`` images in the queue (503, :class:`~app.errors.Overloaded`), and
-with ``timeout_s`` a job still queued when it expires is answered 503
-(:class:`~app.errors.QueueTimeout`) without doing its work. A job counts as queued until
-its batch starts.
+Admission (app/admission.py): :meth:`BatchEngine.submit` refuses a job that would take the
+queue past its bound (503, :class:`~app.errors.Overloaded`), and with ``timeout_s`` a job
+still queued when it expires is answered 503 (:class:`~app.errors.QueueTimeout`) without
+doing its work. A job counts as queued until its batch starts.
 
 The worker also decodes and encodes so that a request is *one* thread hop (event loop ->
 worker -> event loop) instead of three (docs/decisions/0005-batching-one-thread-hop.md).
