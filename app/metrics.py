@@ -72,6 +72,8 @@ class Metrics:
             "mnist_serve_rejected_requests", "Requests refused with 503 by admission control",
             ["model", "reason"], registry=r,
         )  # fmt: skip
+        self._depth: dict[str, Gauge] = {}
+        self._waits: dict[str, Histogram] = {}
 
     def render(self) -> bytes:
         """The Prometheus text exposition: of this process, or summed over all workers."""
@@ -83,16 +85,19 @@ class Metrics:
 
     def add_model(self, model: str) -> None:
         """Series of a newly loaded model, at zero, so queries see them before any load."""
-        self.queue_images.labels(model).set(0)
+        # Every request updates these twice: the labelled series are looked up once.
+        self._depth[model] = self.queue_images.labels(model)
+        self._depth[model].set(0)
+        self._waits[model] = self.queue_waits.labels(model)
         for reason in REJECT_REASONS:
             self.rejected_requests.labels(model, reason)
 
     # app/admission.py's QueueObserver
     def queue_depth(self, model: str, images: int) -> None:
-        self.queue_images.labels(model).set(images)
+        self._depth[model].set(images)
 
     def queue_wait(self, model: str, seconds: float) -> None:
-        self.queue_waits.labels(model).observe(seconds)
+        self._waits[model].observe(seconds)
 
     def rejected(self, model: str, reason: str) -> None:
         self.rejected_requests.labels(model, reason).inc()

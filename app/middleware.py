@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context
@@ -15,6 +14,7 @@ from app.errors import REQUEST_ID_HEADER, error_response
 from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 
 
 class RequestContextMiddleware:
@@ -31,14 +31,19 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        info = context.RequestInfo(
-            context.request_id(headers.get("x-request-id")),
-            context.trace_id(headers.get("traceparent")),
-        )
+        # One pass over the raw headers (names are lower-case bytes in ASGI): this runs for
+        # every request, so no Headers object is built.
+        given = traceparent = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                given = value.decode("latin-1")
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
+        info = context.RequestInfo(context.request_id(given), context.trace_id(traceparent))
         # Never reset: each request runs in a task of its own (its own copy of the
         # context), and Starlette's outermost 500 handler, past this middleware, needs it.
         context.current.set(info)
+        echo = (_REQUEST_ID_KEY, info.request_id.encode("latin-1"))
         status = 500
         started = time.perf_counter()
 
@@ -46,9 +51,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                response_headers = MutableHeaders(scope=message)
-                if REQUEST_ID_HEADER not in response_headers:
-                    response_headers[REQUEST_ID_HEADER] = info.request_id
+                headers = list(message.get("headers", ()))
+                # error_response() may have set it already (see app/errors.py).
+                if not any(key.lower() == _REQUEST_ID_KEY for key, _ in headers):
+                    message["headers"] = [*headers, echo]
             await send(message)
 
         try:
