@@ -27,7 +27,7 @@ from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings
 from app.main import create_app
-from app.runtime import configure_logging
+from app.runtime import configure_logging, log_config
 from training.device import DeviceError, resolve_device
 
 log = logging.getLogger("app")
@@ -71,7 +71,10 @@ def serve(settings: Settings, workers: int) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        log_config=log_config(settings),
+        # One access line per request comes from app/middleware.py, with the request's ID,
+        # model and image count; uvicorn's own would be a second one.
+        access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
     if workers == 1:

@@ -12,6 +12,11 @@ the next batch); a job whose ``prepare`` or ``encode`` fails (a corrupt upload) 
 a job whose request was cancelled while it waited is skipped; ``stop`` finishes what is
 queued.
 
+Admission (app/admission.py): :meth:`BatchEngine.submit` refuses a job that would take the
+queue past its bound (503, :class:`~app.errors.Overloaded`), and with ``timeout_s`` a job
+still queued when it expires is answered 503 (:class:`~app.errors.QueueTimeout`) without
+doing its work. A job counts as queued until its batch starts.
+
 The worker also decodes and encodes so that a request is *one* thread hop (event loop ->
 worker -> event loop) instead of three (docs/decisions/0005-adaptive-batching-one-thread-hop.md).
 Pillow, numpy and torch release the GIL while they work, so the event loop keeps parsing.
@@ -20,16 +25,21 @@ Pillow, numpy and torch release the GIL while they work, so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
+
+from app.admission import Admission, QueueObserver
+from app.context import note_job
+from app.errors import QueueTimeout
 
 log = logging.getLogger("app.batching")
 
@@ -61,7 +71,19 @@ class _Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     size: int  # images in the job, known before it is prepared
+    queued_at: float
+    # The submitting request's context: its work on the worker thread logs with its ID.
+    context: contextvars.Context
     arrays: list[np.ndarray] | None = None
+    _claimed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self) -> bool:
+        """True once: for the worker taking the job or the timeout answering it, whichever
+        comes first."""
+        with self._lock:
+            first, self._claimed = not self._claimed, True
+            return first
 
     def resolve(self, result: object) -> None:
         self.loop.call_soon_threadsafe(_resolve, self.future, result, False)
@@ -82,11 +104,21 @@ def _resolve(future: asyncio.Future[Any], result: object, failed: bool) -> None:
 
 class BatchEngine:
     def __init__(
-        self, stages: Stages, max_batch_size: int, max_batch_delay_ms: float = 0.0
+        self,
+        stages: Stages,
+        max_batch_size: int,
+        max_batch_delay_ms: float = 0.0,
+        *,
+        max_queue_images: int | None = 0,
+        timeout_s: float = 0.0,
+        observer: QueueObserver | None = None,
     ) -> None:
         self.stages = stages
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
+        # The automatic bound lets at least one full batch wait.
+        self.admission = Admission(stages.name, max_queue_images, observer, max_batch_size)
+        self.timeout_s = timeout_s
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"batch-{stages.name}", daemon=True)
 
@@ -102,12 +134,37 @@ class BatchEngine:
         self, prepare: Callable[[], list[np.ndarray]], encode: Callable[[Output], R], size: int
     ) -> R:
         """``encode`` of the outputs for the ``size`` arrays ``prepare`` returns, batched
-        with whatever else is queued. Both run on the worker thread; an exception from
-        either is raised here."""
+        with whatever else is queued. Both run on the worker thread, in the caller's
+        context; an exception from either is raised here, and :class:`Overloaded` when the
+        queue is full or the job times out."""
+        note_job(self.stages.name, size)
+        self.admission.reserve(size)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.put(_Job(prepare, encode, future, loop, size))
+        context = contextvars.copy_context()
+        job = _Job(prepare, encode, future, loop, size, time.monotonic(), context)
+        if self.timeout_s:
+            timer = loop.call_later(self.timeout_s, self._expire, job)
+            future.add_done_callback(lambda _: timer.cancel())
+        self._queue.put(job)
         return await future
+
+    def _expire(self, job: _Job) -> None:
+        """On the event loop, at the job's deadline: answer it if it is still queued."""
+        if job.claim():
+            self.admission.release(job.size, time.monotonic() - job.queued_at)
+            self._time_out(job)
+
+    def _time_out(self, job: _Job) -> None:
+        self.admission.timed_out()
+        waited = time.monotonic() - job.queued_at
+        job.fail(
+            QueueTimeout(
+                f"the request waited {waited:.1f} s in the queue of {self.stages.name!r}, "
+                f"past the timeout of {self.timeout_s:g} s; retry later",
+                self.admission.retry_after(),
+            )
+        )
 
     def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
         """Gather queued jobs after ``first`` up to the batch size.
@@ -137,12 +194,20 @@ class BatchEngine:
         return jobs, None, False
 
     def _process(self, jobs: list[_Job]) -> None:
+        started = time.monotonic()
         ready: list[_Job] = []
         for job in jobs:
+            if not job.claim():  # its timeout answered it already
+                continue
+            waited = started - job.queued_at
+            self.admission.release(job.size, waited)
             if job.future.done():  # cancelled while queued: skip its work
                 continue
+            if self.timeout_s and waited > self.timeout_s:  # the loop's timer was late
+                self._time_out(job)
+                continue
             try:
-                job.arrays = job.prepare()
+                job.arrays = job.context.run(job.prepare)
             except Exception as exc:  # e.g. a corrupt upload: this job only
                 job.fail(exc)
                 continue
@@ -164,11 +229,12 @@ class BatchEngine:
             rows = slice(start, start + n)
             start += n
             try:
-                result = job.encode(Output(inputs[rows], probabilities[rows]))
+                result = job.context.run(job.encode, Output(inputs[rows], probabilities[rows]))
             except Exception as exc:
                 job.fail(exc)
             else:
                 job.resolve(result)
+        self.admission.ran(sum(sizes), time.monotonic() - started)
 
     def _run(self) -> None:
         carry: _Job | None = None

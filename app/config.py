@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     # Batching: everything queued (up to max_batch_size images) goes through one forward pass.
     max_batch_size: int | None = Field(None, ge=1)  # default: 64 on the CPU, 256 on a GPU
     max_batch_delay_ms: float = Field(0.0, ge=0)  # 0 = never wait for a batch to fill
+    # Admission control, per model and worker process (app/admission.py): a request that
+    # would put more images than this in the queue gets 503 with Retry-After at once; 0 =
+    # unbounded. Default: one second of work at the rate the worker achieves, starting from
+    # 16,000 (28x28 PNG digits, mnist-lenet5, 64-image batches, one core; a phone photo
+    # takes ~100x longer, so the bound follows what is uploaded).
+    max_queue_images: int | None = Field(None, ge=0)
+    # A request still queued this many seconds after it arrived gets 503 without its work
+    # being done; 0 = off.
+    request_timeout_s: float = Field(0.0, ge=0)
     # torch intra-op threads per worker process (the forward pass on the CPU; the transform
     # on either device); default: the usable cores divided among the workers, which with the
     # default worker count is 1 on the CPU and 2 beside a GPU on 16 cores. One thread is the
@@ -76,7 +85,9 @@ class Settings(BaseSettings):
     demo: bool = True
 
     log_level: str = "info"
-    access_log: bool = True
+    # text: one line per record for people; json: one JSON object per line, uvicorn's too.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True  # one line per request: method, path, status, time, model, images
 
     _split = field_validator("models", "cors_origins", mode="before")(_split_csv)
 

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app.config import Settings
 from app.errors import install_handlers
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
 from app.registry import Registry, StartupError
 from app.routes import demo, health, models, predict, v2
 from app.runtime import configure_process
@@ -121,4 +121,6 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHook | None = No
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every response, a 413 from the body limit included, carries the ID.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app

@@ -1,14 +1,85 @@
-"""Pure ASGI middleware: the body-size limit and request metrics."""
+"""Pure ASGI middleware: request IDs and access lines, the body-size limit and request
+metrics."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app import context
+from app.errors import REQUEST_ID_HEADER, error_response
 from app.metrics import Metrics
+
+access_log = logging.getLogger("app.access")
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+class RequestContextMiddleware:
+    """Gives each request its ID (the client's ``X-Request-ID`` when well-formed, else a new
+    one) and the trace id of its ``traceparent``, for its log lines and error bodies
+    (app/context.py); echoes the ID on the response; with ``access_log``, logs one line per
+    request when it ends."""
+
+    def __init__(self, app: ASGIApp, access_log: bool) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # One pass over the raw headers (names are lower-case bytes in ASGI): this runs for
+        # every request, so no Headers object is built.
+        given = traceparent = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                given = value.decode("latin-1")
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
+        info = context.RequestInfo(context.request_id(given), context.trace_id(traceparent))
+        # Never reset: each request runs in a task of its own (its own copy of the
+        # context), and Starlette's outermost 500 handler, past this middleware, needs it.
+        context.current.set(info)
+        echo = (_REQUEST_ID_KEY, info.request_id.encode("latin-1"))
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                # error_response() may have set it already (see app/errors.py).
+                if not any(key.lower() == _REQUEST_ID_KEY for key, _ in headers):
+                    message["headers"] = [*headers, echo]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log:
+                _log_access(scope, status, time.perf_counter() - started, info)
+
+
+def _log_access(scope: Scope, status: int, seconds: float, info: context.RequestInfo) -> None:
+    client = scope.get("client")
+    extra = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "model": info.model,
+        "images": info.images,
+    }
+    where = f" model={info.model} images={info.images}" if info.model else ""
+    access_log.info(
+        "%s %s %d %.1f ms%s", scope["method"], scope["path"], status, seconds * 1000, where,
+        extra=extra,
+    )  # fmt: skip
 
 
 class _BodyTooLarge(Exception):

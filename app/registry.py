@@ -93,7 +93,11 @@ class Registry:
                 )
             forward = self._forward(loaded, batch)
             pipeline = Pipeline(loaded, forward, s.max_image_pixels, self.metrics.observe_batch)
-            engine = BatchEngine(pipeline, batch, s.max_batch_delay_ms)
+            engine = BatchEngine(
+                pipeline, batch, s.max_batch_delay_ms, max_queue_images=s.max_queue_images,
+                timeout_s=s.request_timeout_s, observer=self.metrics,
+            )  # fmt: skip
+            self.metrics.add_model(name)
             engine.start()
             self.models[name] = ServingModel(pipeline, engine)
             log.info("loaded %s (%s) on %s", name, loaded.manifest.architecture.name, device)

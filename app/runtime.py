@@ -7,10 +7,13 @@ one place, before any model loads, rather than as a side effect of importing a m
 from __future__ import annotations
 
 import logging
+import logging.config
 import os
+from typing import Any
 
 import torch
 from PIL import Image, PngImagePlugin
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 from app.config import Settings
 
@@ -21,10 +24,68 @@ PNG_TEXT_CHUNK_BYTES = 1024 * 1024
 PNG_TEXT_TOTAL_BYTES = 4 * 1024 * 1024
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, then the request's ID and trace id when the record
+    was logged during a request (app/context.py)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for key in ("request_id", "trace_id"):
+            value = getattr(record, key, None)
+            if value is not None:
+                first, newline, rest = line.partition("\n")  # before a traceback, if any
+                line = f"{first} {key}={value}{newline}{rest}"
+        return line
+
+
+def log_config(settings: Settings) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` of the whole process, uvicorn's loggers included
+    (uvicorn applies it in each worker process): one handler on the root logger, the
+    request context on every record, text or one JSON object per line
+    (python-json-logger). Access lines come from app/middleware.py, not uvicorn."""
+    fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    formatter: dict[str, Any] = (
+        {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": fields,
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn adds a copy of some messages with terminal colour codes.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
+        }
+        if settings.log_format == "json"
+        else {"()": TextFormatter, "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
+    level = settings.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": "app.context.ContextFilter"}},
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "filters": ["context"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["default"], "level": level},
+        # uvicorn's own loggers carry handlers and stop propagation unless told otherwise;
+        # its access lines are off for good (app/middleware.py writes richer ones).
+        "loggers": {
+            "uvicorn": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.asgi": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.config.dictConfig(log_config(settings))
+    # Warnings (e.g. a library's deprecation notice) go through the same handler, so in JSON
+    # mode they are JSON lines too.
+    logging.captureWarnings(True)
 
 
 def configure_process(settings: Settings, device: torch.device) -> None:

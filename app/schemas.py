@@ -69,3 +69,6 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+    request_id: str | None = Field(
+        None, description="The request's ID, as in its X-Request-ID response header"
+    )

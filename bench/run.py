@@ -1,6 +1,6 @@
 """Serving benchmark: the service against a plain baseline, both sides in one run.
 
-    python bench/run.py                 # the table (about 3 minutes)
+    python bench/run.py                 # the table and the overload row (about 5 minutes)
     python bench/run.py --soak 100000   # + resident memory over 100,000 requests
     python bench/run.py --device cuda --workers 8 --server-cores 0-7 --client-cores 8-15 \
         --wrk-threads 4 --rounds 3                                  # the GPU comparison
@@ -21,6 +21,10 @@ the same round (the goal: at least 0.9x). Prints one table (req/s, images/s, p50
 errors, server CPU per request, ratio to the baseline row of the same concurrency and
 files), then the 64-file ratios, cold start and resident memory, and writes everything as
 JSON under bench/out/.
+
+Last, the overload row (bench/overload.py): each side offered about 3x its own peak with
+an open loop of uploads whose answers are checked; goodput, the share shed and the accepted
+requests' p99 (``--overload-seconds 0`` leaves it out).
 
 On a GPU (``--device cuda``) both sides run their forward passes there, each with
 ``--workers`` server processes; the report adds the share of the service's wall time spent
@@ -51,6 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.testing import REPO, free_port, spawn, wait_ready
+from bench import overload
 
 OUT = REPO / "bench" / "out"
 LUA = REPO / "bench" / "predict.lua"
@@ -362,6 +367,7 @@ def main() -> int:
     ap.add_argument("--client-cores", default="1", help="taskset list for wrk")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=1000, help="distinct test PNGs to rotate")
+    overload.add_arguments(ap)
     args = ap.parse_args()
 
     for tool in ("wrk", "taskset"):
@@ -469,6 +475,15 @@ def main() -> int:
             "rss_mib_after_run": rss_after,
             "label_agreement_of_20": agree,
         }
+
+        if args.overload_seconds:
+            rows = overload.measure(
+                [(service.name, service.url), (baseline.name, baseline.url)],
+                listing.read_text().split(), overload.options(args), setup.client_cores,
+            )  # fmt: skip
+            print(f"\noverload: each side offered {args.overload_factor:g}x its own peak")
+            print(overload.table(rows))
+            report["overload"] = overload.as_json(rows)
 
         if args.soak:
             soak: list[dict[str, float]] = []

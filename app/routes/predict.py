@@ -53,7 +53,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         413: "Body, file count or image pixel count over its limit",
         415: "Not an image type we take",
         422: "No file, or bad query parameters",
-        503: "Models not loaded yet",
+        503: "Models not loaded yet; or the model's queue is full, or the request waited "
+        "past its timeout (with Retry-After)",
     }.items()
 }
 
@@ -121,6 +122,8 @@ async def predict(
 ) -> Response:
     """Classify one or more uploaded images: one prediction per file, in upload order."""
     serving = registry.get(query.model)
+    # A full queue refuses even the smallest request before its body is read.
+    serving.engine.admission.check(1)
     uploads = await read_uploads(
         request.headers.get("content-type", ""), request.stream(), registry.settings.max_files
     )

@@ -91,7 +91,7 @@ def test_static_files_are_served_with_their_type_and_headers(client: TestClient,
 def test_only_the_listed_static_files_are_served(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not Found"}
+    assert response.json()["detail"] == "Not Found"
 
 
 class _Page(HTMLParser):

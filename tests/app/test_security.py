@@ -236,7 +236,8 @@ def test_api_key_refuses(
     )  # fmt: skip
     assert response.status_code == 401
     key = "error" if path.startswith("/v2/") else "detail"  # V2's error shape
-    assert response.json() == {key: "missing or invalid API key"}
+    rid = response.headers["x-request-id"]
+    assert response.json() == {key: "missing or invalid API key", "request_id": rid}
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -333,7 +334,8 @@ def test_an_unexpected_error_is_a_bare_500_with_the_traceback_only_in_the_log(
         with caplog.at_level(logging.ERROR, logger="app"):
             response = c.post("/predict", files={"file": ("a.png", PNG, "image/png")})
         assert response.status_code == 500
-        assert response.json() == {"detail": "internal server error"}
+        rid = response.headers["x-request-id"]  # echoed by the outermost 500 handler too
+        assert response.json() == {"detail": "internal server error", "request_id": rid}
         _no_leak(response.text)
         assert any(r.exc_info and "boom in" in str(r.exc_info[1]) for r in caplog.records)
 

@@ -435,7 +435,7 @@ def test_unexpected_errors_are_a_generic_500(
     client = TestClient(small_client.app, raise_server_exceptions=False)
     r = client.post("/predict", files=_files(encode(mnist_test.images[0])))
     assert r.status_code == 500
-    assert r.json() == {"detail": "internal server error"}
+    assert r.json() == {"detail": "internal server error", "request_id": r.headers["x-request-id"]}
     monkeypatch.undo()
     # The batch worker survived the failure.
     assert (

@@ -482,7 +482,7 @@ def test_infer_errors(
     r = client.post(INFER, content=body, headers=headers)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
-    assert list(r.json()) == ["error"]
+    assert r.json() == {"error": r.json()["error"], "request_id": r.headers["x-request-id"]}
     assert r.json()["error"].startswith(message), r.json()
 
 
@@ -517,7 +517,7 @@ def test_route_errors(
 ) -> None:
     r = client.request(method, path, content=b"{}")
     assert r.status_code == status
-    assert r.json() == {"error": r.json()["error"]}
+    assert r.json() == {"error": r.json()["error"], "request_id": r.headers["x-request-id"]}
     assert r.json()["error"].startswith(message)
 
 
@@ -525,7 +525,7 @@ def test_the_body_limit_holds_streamed_and_declared(client: TestClient) -> None:
     too_big = b" " * ((10 << 20) + 1)
     declared = client.post(INFER, content=too_big)
     assert declared.status_code == 413
-    assert declared.json() == {"error": "request body is over the limit of 10,485,760 bytes"}
+    assert declared.json()["error"] == "request body is over the limit of 10,485,760 bytes"
 
     def chunks() -> Iterator[bytes]:
         for _ in range(11):
@@ -533,8 +533,8 @@ def test_the_body_limit_holds_streamed_and_declared(client: TestClient) -> None:
 
     streamed = client.post(INFER, content=chunks())
     assert streamed.status_code == 413
-    assert streamed.json() == declared.json()
-    assert client.post("/predict", content=too_big).json() == {"detail": declared.json()["error"]}
+    assert streamed.json()["error"] == declared.json()["error"]
+    assert client.post("/predict", content=too_big).json()["detail"] == declared.json()["error"]
 
 
 def test_the_pixel_limit_holds_before_decoding(client: TestClient) -> None:
@@ -585,7 +585,8 @@ def test_model_routes_take_the_api_key(keyed_client: TestClient, mnist_test: Any
                          ("POST", INFER)]:  # fmt: skip
         denied = keyed_client.request(method, path, content=body, headers=headers)
         assert denied.status_code == 401
-        assert denied.json() == {"error": "missing or invalid API key"}
+        rid = denied.headers["x-request-id"]
+        assert denied.json() == {"error": "missing or invalid API key", "request_id": rid}
         assert denied.headers["www-authenticate"] == "Bearer"
         allowed = keyed_client.request(
             method, path, content=body, headers={**headers, "authorization": "Bearer sesame"}

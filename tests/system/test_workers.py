@@ -76,3 +76,31 @@ def test_a_worker_that_cannot_load_stops_the_service(tmp_path) -> None:
     out = server.output()
     assert code == STARTUP_FAILURE
     assert "does not exist" in out
+
+
+def test_queue_metrics_add_up_over_workers(mnist_test) -> None:
+    """Two workers, each with its own queue bound: one scrape counts every refusal and
+    admitted request of both, and the queue gauge is their sum (0 once idle)."""
+    import asyncio
+
+    from tests.system.test_overload import MODEL, burst, metrics
+
+    pngs = [encode(mnist_test.images[i]) for i in range(16)]
+    env = {"MNIST_SERVE_WORKERS": "2", "MNIST_SERVE_MODELS": MODEL,
+           "MNIST_SERVE_MAX_QUEUE_IMAGES": "32"}  # fmt: skip
+    server = spawn(env)
+    try:
+        wait_ready(server, timeout=120)
+        answers = asyncio.run(burst(server.url, pngs, 120, 32))
+        assert {a.status for a in answers} <= {200, 503}
+        shed = sum(a.status == 503 for a in answers)
+        assert shed > 0
+        m = metrics(server)
+        model = (("model", MODEL),)
+        full = (*model, ("reason", "queue_full"))
+        assert m[("mnist_serve_rejected_requests_total", full)] == shed
+        assert m[("mnist_serve_queue_wait_seconds_count", model)] == len(answers) - shed
+        assert m[("mnist_serve_queue_images", model)] == 0
+    finally:
+        server.stop()
+        server.process.communicate()
