@@ -53,7 +53,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         413: "Body, file count or image pixel count over its limit",
         415: "Not an image type we take",
         422: "No file, or bad query parameters",
-        503: "Models not loaded yet; or the model's queue is full, or the request waited "
+        503: "The server is draining; or the model's queue is full, or the request waited "
         "past its timeout (with Retry-After)",
     }.items()
 }
