@@ -1,7 +1,7 @@
 """What a request carries through its log lines: its ID, the trace it belongs to, and the
 model and image count the access line reports.
 
-:class:`app.middleware.RequestContextMiddleware` sets it per request; the batch engine runs a
+:class:`app.middleware.RequestMiddleware` sets it per request; the batch engine runs a
 job's work in the context of the request that submitted it, so log lines from the worker
 thread carry the request's ID too. :class:`ContextFilter` puts it on every log record.
 """

@@ -1,21 +1,33 @@
 """``POST /predict``: images in, class probabilities out, as JSON.
 
-The route reads the uploads as the body streams in, hands them to the model's batch
-engine with this protocol's encoder (:func:`encode`), and returns the bytes it produces.
+:func:`predict` reads the uploads as the body streams in, hands them to the model's batch
+engine with this protocol's encoder (:func:`encode`), and returns the bytes it produces. It
+is declared once, as a FastAPI route, and its OpenAPI comes from that declaration.
+
+Requests reach it through :class:`PredictRoute`, mounted in front of the declaration: it
+resolves the same dependency (:func:`~app.deps.require_api_key`) and the same query model
+(:class:`PredictQuery`) itself and calls :func:`predict`. FastAPI's dependency solver and
+request machinery doubled the CPU of a single-image request, which broke the service's
+concurrency-64 target (docs/decisions/0011-one-pipeline-ordinary-routes.md);
+tests/app/test_service.py checks that both ways of serving the declaration answer alike.
 """
 
 from __future__ import annotations
 
 from functools import partial
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import to_json
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from app.batching import Output
-from app.deps import ApiKeyDep, RegistryDep
+from app.deps import ApiKeyDep, RegistryDep, get_registry, require_api_key
 from app.pipeline import Pipeline
 from app.schemas import ErrorBody, PredictResponse
 from app.uploads import read_uploads
@@ -134,3 +146,36 @@ async def predict(
         len(uploads),
     )
     return Response(body, media_type="application/json")
+
+
+def parse_query(request: Request) -> PredictQuery:
+    """The query string -> :class:`PredictQuery`; a bad value is FastAPI's usual 422."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    try:
+        return PredictQuery.model_validate(dict(parse_qsl(query, keep_blank_values=True)))
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in errors]) from None
+
+
+class PredictRoute(Route):
+    """``POST /predict`` served without FastAPI's dependency solver (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__("/predict", self.serve, methods=["POST"], include_in_schema=False)
+        self.app = self.serve  # an ASGI app: no per-request wrapper around it
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # Named in scope["route"] as FastAPI's routes are: the request metrics use it.
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+    @staticmethod
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        registry = await get_registry(request)
+        await require_api_key(request, registry)
+        response = await predict(request, parse_query(request), registry)
+        await response(scope, receive, send)

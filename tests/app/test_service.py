@@ -8,7 +8,7 @@ import json
 import zlib
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import numpy as np
@@ -21,6 +21,7 @@ from app.batching import Output
 from app.config import Settings
 from app.main import create_app
 from app.registry import Registry, StartupError
+from app.routes.predict import PredictRoute
 from app.routes.predict import encode as encode_predict
 from app.schemas import PredictResponse
 from tests.conftest import wait_until_ready
@@ -508,3 +509,40 @@ def test_the_encoder_names_the_first_of_equal_maxima() -> None:
     assert [r["probability"] for r in rows] == pytest.approx([0.4, 0.5, 0.8])
     assert rows[0]["probabilities"] == pytest.approx({"a": 0.2, "b": 0.4, "c": 0.4})
     assert [[t["label"] for t in r["top_k"]] for r in rows] == [["b", "c"], ["a", "b"], ["c", "a"]]
+
+
+def test_predict_route_answers_as_fastapi_serves_the_declaration(mnist_test) -> None:
+    """PredictRoute resolves predict()'s dependency and query model itself: every answer
+    must be the one FastAPI gives when it serves the declaration on its own."""
+    settings = Settings(
+        models_dir=MODELS_DIR, models=["mnist-lenet5", "fashion-mlp"], device="cpu",
+        torch_threads=1, api_key="sesame",
+    )  # fmt: skip
+    fast = create_app(settings)
+    plain = create_app(settings)
+    plain.router.routes[:] = [r for r in plain.router.routes if not isinstance(r, PredictRoute)]
+    key = {"X-API-Key": "sesame"}
+    image = _files(encode(mnist_test.images[0]))
+    cases: list[tuple[dict[str, str], dict[str, str], Any]] = [
+        ({}, key, image),
+        ({"top_k": "3", "include_input": "true", "preprocess": "dataset"}, key, image),
+        ({"model": "fashion-mlp"}, key, image),
+        ({}, {}, image),  # no key
+        ({}, {"Authorization": "Bearer wrong"}, image),
+        ({"top_k": "0"}, key, image),
+        ({"top_k": "x", "preprocess": "odd"}, key, image),
+        ({"model": "nope"}, key, image),
+        ({}, key, None),  # no body
+    ]
+    with TestClient(fast) as a, TestClient(plain) as b:
+        assert any(isinstance(r, PredictRoute) for r in a.app.router.routes)  # type: ignore[attr-defined]
+        for params, headers, files in cases:
+            got, want = (
+                c.post("/predict", params=params, headers=headers, files=files) for c in (a, b)
+            )
+            assert got.status_code == want.status_code, (params, headers)
+            strip = {"request_id"}
+            assert {k: v for k, v in got.json().items() if k not in strip} == {
+                k: v for k, v in want.json().items() if k not in strip
+            }, (params, headers)
+            assert got.headers.get("www-authenticate") == want.headers.get("www-authenticate")
