@@ -171,13 +171,17 @@ def plot_reliability(
                width=width, fill=False, edgecolor="C3", hatch="//",
                label="gap to mean confidence")  # fmt: skip
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        # Sparse bins swing widely: the image count says how much each bar weighs.
+        for x, a, c, n in zip(xs, accs, confs, count[count > 0].tolist(), strict=True):
+            ax.text(x, min(max(a, c), 0.97) + 0.01, f"{int(n)}", ha="center", fontsize=6)
         figs = figures(scaled, labels)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
                ylabel="accuracy", title=f"{label}: ECE {100 * figs.ece:.2f}%, "
                f"NLL {figs.nll:.3f}")  # fmt: skip
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", framealpha=0.9)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: reliability on {len(labels):,} test images ({ECE_BINS} bins)")
+    fig.suptitle(f"{title}: reliability on {len(labels):,} test images ({ECE_BINS} bins; "
+                 "the number on a bar: its images)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
