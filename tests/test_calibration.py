@@ -199,3 +199,10 @@ def test_models_route_shows_the_calibration(client) -> None:
     assert body["calibration"]["method"] == "temperature"
     assert body["calibration"]["temperature"] > 0
     assert 0 <= body["metrics"]["test_ece"] <= 0.015
+
+
+def test_a_dry_run_of_a_calibrated_recipe_holds_out_a_smaller_split(tmp_path: Path) -> None:
+    assert cli_main(["shipped", "fashion-cnn", "--dry-run", "--out-dir", str(tmp_path)]) == 0
+    manifest = load_model(tmp_path / "fashion-cnn").manifest
+    assert manifest.calibration.validation_samples == 128
+    assert manifest.training["limit_train"] == 512

@@ -65,6 +65,8 @@ def _config(name: str, base: dict[str, object], args: argparse.Namespace) -> Tra
             fields[key] = getattr(args, key)
     if args.dry_run:
         fields.update(epochs=1, limit_train=512, limit_test=256)
+        if fields.get("val_size"):
+            fields["val_size"] = 128  # of the 512
     return TrainConfig(
         name=name, seed=args.seed, device=args.device, out_dir=args.out_dir,
         data_dir=args.data_dir, download=args.download, **fields,  # type: ignore[arg-type]

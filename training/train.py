@@ -119,6 +119,8 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
     # The whole dataset lives on the training device; batches are index slices.
     train = Split(train.images.to(device), train.labels.to(device))
     test = Split(test.images.to(device), test.labels.to(device))
+    if val is not None:
+        val = Split(val.images.to(device), val.labels.to(device))
 
     arch_config = {**get_architecture(cfg.arch).config, **cfg.arch_config}
     model = build_model(cfg.arch, arch_config, len(spec.classes)).to(device)
