@@ -53,6 +53,7 @@ class ModelInfo(BaseModel):
     classes: list[str]
     dataset: str
     metrics: dict[str, Any]
+    calibration: dict[str, Any] = Field(description="The temperature the logits are divided by")
     weights_sha256: str
     device: str
 

@@ -81,7 +81,8 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class FashionCNN(nn.Module):
-    """A small VGG-style CNN for 28x28 inputs: [conv-bn-relu x2, max-pool] x2, then an MLP head.
+    """A small VGG-style CNN for 28x28 inputs: [conv-bn-relu x2, max-pool] per entry of
+    ``channels``, then an MLP head.
 
     Two 3x3 convolutions per stage see a 5x5 field at the cost of ~2 5x5 kernels' weights;
     batch norm lets it train fast with a high learning rate; dropout keeps the head honest.
@@ -91,24 +92,21 @@ class FashionCNN(nn.Module):
         self,
         num_classes: int = 10,
         in_channels: int = 1,
-        channels: tuple[int, int] = (16, 32),
+        channels: tuple[int, ...] = (16, 32),
         hidden: int = 256,
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            _conv_block(in_channels, c1),
-            _conv_block(c1, c1),
-            nn.MaxPool2d(2),  # 28 -> 14
-            _conv_block(c1, c2),
-            _conv_block(c2, c2),
-            nn.MaxPool2d(2),  # 14 -> 7
-        )
+        stages: list[nn.Module] = []
+        cin, side = in_channels, 28
+        for cout in channels:
+            stages += [_conv_block(cin, cout), _conv_block(cout, cout), nn.MaxPool2d(2)]
+            cin, side = cout, side // 2  # 28 -> 14 -> 7 -> 3
+        self.features = nn.Sequential(*stages)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(c2 * 7 * 7, hidden),
+            nn.Linear(cin * side * side, hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),

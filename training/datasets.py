@@ -121,3 +121,20 @@ def channel_stats(images: torch.Tensor) -> tuple[float, float]:
     """Mean and std of uint8 images scaled to [0, 1]: the normalization the model is fed."""
     x = images.double() / 255.0
     return float(x.mean()), float(x.std())
+
+
+def validation_split(train: Split, size: int, seed: int = 0) -> tuple[Split, Split]:
+    """``(train minus validation, validation)``: ``size`` training images, drawn by ``seed``.
+
+    The validation images are held out of training and used to fit the temperature
+    (training/calibration.py); the test split stays untouched for the final figures. The
+    draw depends only on ``seed`` and the split's length, so ``calibrate`` redraws it.
+    """
+    if not 0 < size < len(train):
+        raise ValueError(f"validation size {size} must be between 1 and {len(train) - 1}")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    keep, held = order[size:].sort().values, order[:size].sort().values
+    return (
+        Split(train.images[keep], train.labels[keep]),
+        Split(train.images[held], train.labels[held]),
+    )

@@ -7,19 +7,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from training.augment import Augment
+from training.calibration import CalibrationFigures, figures
 from training.datasets import Split
 from training.preprocess import Preprocessor
 
 
 @dataclass
 class EvalResult:
-    loss: float
+    loss: float  # mean cross-entropy, i.e. the NLL
     accuracy: float
     predictions: torch.Tensor  # (N,) predicted class per sample, on the CPU
     confusion: torch.Tensor  # (classes, classes): rows true, columns predicted
+    logits: torch.Tensor  # (N, classes) on the CPU
+    labels: torch.Tensor  # (N,) on the CPU
+
+    @property
+    def calibration(self) -> CalibrationFigures:
+        """Accuracy, ECE, NLL, Brier score and mean confidence of these logits."""
+        return figures(self.logits, self.labels)
 
     def per_class_accuracy(self) -> list[float]:
         totals = self.confusion.sum(1).clamp(min=1)
@@ -37,6 +46,7 @@ def train_one_epoch(
     augment: Augment | None = None,
     label_smoothing: float = 0.0,
     desc: str = "train",
+    ema: AveragedModel | None = None,
 ) -> float:
     """One pass over ``data`` in a seeded random order; returns the mean training loss."""
     model.train()
@@ -56,6 +66,8 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * len(idx)
         count += len(idx)
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -68,14 +80,15 @@ def evaluate(
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on ``data`` (eval mode)."""
     model.eval()
-    losses, preds = [], []
+    losses, outputs = [], []
     for start in range(0, len(data), batch_size):
         x = preprocess(data.images[start : start + batch_size])
         logits = model(x)
         y = data.labels[start : start + batch_size]
         losses.append(F.cross_entropy(logits, y, reduction="sum"))
-        preds.append(logits.argmax(1))
-    pred = torch.cat(preds).cpu()
+        outputs.append(logits.float())
+    all_logits = torch.cat(outputs).cpu()
+    pred = all_logits.argmax(1)
     labels = data.labels.cpu()
     n_classes = int(max(int(labels.max()), int(pred.max())) + 1)
     n_classes = max(n_classes, _num_outputs(model))
@@ -85,6 +98,8 @@ def evaluate(
         accuracy=float((pred == labels).double().mean()),
         predictions=pred,
         confusion=confusion.reshape(n_classes, n_classes),
+        logits=all_logits,
+        labels=labels,
     )
 
 

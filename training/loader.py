@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from training.architectures import UnknownArchitectureError, build_model
+from training.calibration import fold_temperature
 from training.manifest import MANIFEST_NAME, Manifest
 from training.preprocess import Preprocessor
 
@@ -65,12 +66,15 @@ def read_manifest(folder: Path) -> Manifest:
         ) from None
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    folder: str | Path, device: str | torch.device = "cpu", *, calibrated: bool = True
+) -> LoadedModel:
     """Read ``folder``: check the weights' sha256, rebuild the architecture, load strictly.
 
-    Returns the model in eval mode on ``device``. Raises :class:`ModelLoadError` naming the
-    folder for a missing file, a checksum mismatch, an unknown architecture, weights that do
-    not fit the architecture, or a malformed manifest.
+    Returns the model in eval mode on ``device``; with ``calibrated`` (the default) its
+    logits are already divided by the manifest's temperature. Raises
+    :class:`ModelLoadError` naming the folder for a missing file, a checksum mismatch, an
+    unknown architecture, weights that do not fit the architecture, or a malformed manifest.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -109,6 +113,12 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise ModelLoadError(folder, f"weights do not fit the architecture: {detail}") from None
+    if calibrated:
+        # Folded into the last layer after the checksum check: the file stays as stored.
+        try:
+            fold_temperature(model, manifest.calibration.temperature)
+        except ValueError as exc:
+            raise ModelLoadError(folder, f"cannot apply the temperature: {exc}") from None
     dev = torch.device(device)
     model.to(dev).eval()
     return LoadedModel(model, manifest, Preprocessor(manifest.input), dev)

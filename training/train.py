@@ -10,14 +10,16 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training.architectures import build_model, get_architecture
 from training.augment import AUGMENTS
-from training.datasets import Split, channel_stats, get_dataset, load_split
+from training.calibration import figures, fit_temperature
+from training.datasets import Split, channel_stats, get_dataset, load_split, validation_split
 from training.device import resolve_device
-from training.engine import evaluate, train_one_epoch
-from training.export import export_model
-from training.manifest import Manifest, Metrics
+from training.engine import EvalResult, evaluate, train_one_epoch
+from training.export import RELIABILITY_NAME, export_model, plot_reliability
+from training.manifest import Calibration, Manifest, Metrics
 from training.normalize import FIT_FOR_DATASET
 from training.preprocess import InputSpec, Preprocessor
 
@@ -37,6 +39,12 @@ class TrainConfig:
     schedule: Literal["none", "cosine", "onecycle", "step"] = "onecycle"
     label_smoothing: float = 0.0
     augment: str = "none"
+    # Training images held out to fit the temperature (training/calibration.py); 0 trains on
+    # all of them and leaves the model uncalibrated.
+    val_size: int = 0
+    # Decay of an exponential moving average of the weights (and batch-norm statistics),
+    # which is what gets evaluated and exported; 0 exports the last weights.
+    ema_decay: float = 0.0
     seed: int = 0
     device: str = "auto"
     out_dir: Path = Path("models")
@@ -101,6 +109,9 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
     test = load_split(cfg.dataset, False, cfg.data_dir, cfg.download)
     if cfg.limit_train:
         train = train.subset(cfg.limit_train)
+    val = None
+    if cfg.val_size:
+        train, val = validation_split(train, cfg.val_size, cfg.seed)
     if cfg.limit_test:
         test = test.subset(cfg.limit_test)
     input_spec = input_spec_for(cfg.arch, train, cfg.dataset)
@@ -108,9 +119,19 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
     # The whole dataset lives on the training device; batches are index slices.
     train = Split(train.images.to(device), train.labels.to(device))
     test = Split(test.images.to(device), test.labels.to(device))
+    if val is not None:
+        val = Split(val.images.to(device), val.labels.to(device))
 
     arch_config = {**get_architecture(cfg.arch).config, **cfg.arch_config}
     model = build_model(cfg.arch, arch_config, len(spec.classes)).to(device)
+    ema = None
+    if cfg.ema_decay:
+        ema = AveragedModel(
+            model,
+            multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),  # type: ignore[no-untyped-call]
+            use_buffers=True,
+        )
+    final = model if ema is None else ema.module
     optimizer = make_optimizer(cfg, model)
     steps = -(-len(train) // cfg.batch_size)
     scheduler = make_scheduler(cfg, optimizer, steps)
@@ -121,14 +142,14 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
 
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    result = evaluate(model, test, preprocess)
+    result = evaluate(final, test, preprocess)
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_one_epoch(
             model, train, preprocess, optimizer, scheduler, cfg.batch_size, generator,
-            augment, cfg.label_smoothing, desc=f"epoch {epoch}/{cfg.epochs}",
+            augment, cfg.label_smoothing, desc=f"epoch {epoch}/{cfg.epochs}", ema=ema,
         )  # fmt: skip
-        result = evaluate(model, test, preprocess)
+        result = evaluate(final, test, preprocess)
         seconds = time.perf_counter() - t0
         history.append({
             "epoch": epoch, "train_loss": round(train_loss, 6), "test_loss": round(result.loss, 6),
@@ -138,17 +159,50 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[Manifest, nn.Module]:
             f"test accuracy {100 * result.accuracy:.2f}%  ({seconds:.1f}s)")  # fmt: skip
     wall = time.perf_counter() - started
 
-    metrics = Metrics(
-        test_accuracy=round(result.accuracy, 6), test_loss=round(result.loss, 6),
-        epochs=cfg.epochs, test_samples=len(test),
-    )  # fmt: skip
+    calibration = Calibration()
+    if val is not None:
+        calibration = fit_calibration(
+            evaluate(final, val, preprocess), result, cfg.seed, held_out=True
+        )
+        log(f"temperature {calibration.temperature:.4f} (fitted on {len(val):,} held-out "
+            f"training images)")  # fmt: skip
+    metrics = served_metrics(result, calibration.temperature, cfg.epochs)
     training_args = {**cfg.as_dict(), "device": str(device), "train_seconds": round(wall, 1)}
+    folder = cfg.out_dir / cfg.name
     manifest = export_model(
-        cfg.out_dir / cfg.name, model=model, name=cfg.name, architecture=cfg.arch,
+        folder, model=final, name=cfg.name, architecture=cfg.arch,
         arch_config=arch_config, input_spec=input_spec, classes=list(spec.classes),
         dataset=cfg.dataset, metrics=metrics, training_args=training_args, history=history,
-        confusion=result.confusion,
+        confusion=result.confusion, calibration=calibration,
     )  # fmt: skip
-    log(f"exported {cfg.out_dir / cfg.name} (test accuracy {100 * result.accuracy:.2f}%, "
-        f"{wall:.0f}s)")  # fmt: skip
-    return manifest, model
+    plot_reliability(
+        result.logits, result.labels, calibration.temperature, folder / RELIABILITY_NAME, cfg.name
+    )
+    log(f"exported {folder} (test accuracy {100 * result.accuracy:.2f}%, ECE "
+        f"{100 * (metrics.test_ece or 0):.2f}%, {wall:.0f}s)")  # fmt: skip
+    return manifest, final
+
+
+def fit_calibration(val: EvalResult, test: EvalResult, seed: int, *, held_out: bool) -> Calibration:
+    """Fit the temperature on ``val``'s logits; record its effect on both splits."""
+    temperature = fit_temperature(val.logits, val.labels)
+    return Calibration(
+        method="temperature",
+        temperature=round(temperature, 6),
+        validation_samples=len(val.labels),
+        validation_seed=seed,
+        held_out=held_out,
+        test_uncalibrated=test.calibration.rounded(),
+        validation=figures(val.logits / round(temperature, 6), val.labels).rounded(),
+    )
+
+
+def served_metrics(test: EvalResult, temperature: float, epochs: int) -> Metrics:
+    """The manifest's test figures of the model as served: logits divided by ``temperature``."""
+    served = figures(test.logits / temperature, test.labels)
+    return Metrics(
+        test_accuracy=round(served.accuracy, 6), test_loss=round(served.nll, 6),
+        epochs=epochs, test_samples=len(test.labels), test_ece=round(served.ece, 6),
+        test_brier=round(served.brier, 6),
+        test_mean_confidence=round(served.mean_confidence, 6),
+    )  # fmt: skip

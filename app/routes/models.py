@@ -21,6 +21,7 @@ def _info(model: ServingModel, default: str) -> ModelInfo:
         classes=m.classes,
         dataset=m.dataset,
         metrics=m.metrics.model_dump(),
+        calibration=m.calibration.model_dump(),
         weights_sha256=m.weights.sha256,
         device=str(model.loaded.device),
     )

@@ -6,7 +6,7 @@ from tests.helpers import MODELS_DIR
 from training.datasets import load_split
 from training.engine import evaluate
 from training.loader import discover, load_model
-from training.recipes import RECIPES, TARGETS
+from training.recipes import MAX_ECE, RECIPES, TARGETS
 
 SHIPPED = sorted(p.name for p in discover(MODELS_DIR))
 
@@ -27,3 +27,10 @@ def test_shipped_model_meets_its_target_and_its_manifest(name: str) -> None:
     result = evaluate(loaded.model, test, loaded.preprocessor)
     assert result.accuracy >= TARGETS[name], f"{name}: {result.accuracy:.4f} < {TARGETS[name]}"
     assert abs(result.accuracy - manifest.metrics.test_accuracy) <= 0.001
+    # The probabilities mean what they say: the loaded model applies the manifest's
+    # temperature, fitted on training images, never on these.
+    assert manifest.calibration.method == "temperature"
+    ece = result.calibration.ece
+    assert ece <= MAX_ECE, f"{name}: ECE {ece:.4f} > {MAX_ECE}"
+    assert manifest.metrics.test_ece is not None
+    assert abs(ece - manifest.metrics.test_ece) <= 0.001

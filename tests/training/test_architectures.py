@@ -39,6 +39,18 @@ def test_fashion_cnn_is_small_and_uses_batch_norm() -> None:
     assert sum(p.numel() for p in model.parameters()) < EXPECTED_PARAMS["mlp"]
 
 
+@pytest.mark.parametrize("channels", [[16, 32], [16, 32, 64]])
+def test_fashion_cnn_has_one_conv_stage_per_entry_of_channels(channels: list[int]) -> None:
+    model = build_model("fashion_cnn", {"channels": channels}).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [c for c in channels for _ in (0, 1)]
+    # Each stage halves the side: 28 -> 14 -> 7 (-> 3), flattened into the head.
+    side = {2: 7, 3: 3}[len(channels)]
+    head = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert head.in_features == channels[-1] * side * side
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_config_overrides_defaults() -> None:
     model = build_model("mlp", {"hidden": [64]}, num_classes=3)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
