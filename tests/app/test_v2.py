@@ -93,7 +93,8 @@ def predict_probs(response: httpx.Response) -> np.ndarray:
 
 
 def plain_pytorch(name: str, inputs: np.ndarray) -> np.ndarray:
-    """The model rebuilt from its manifest and state_dict, in eval(): no serving code."""
+    """The model rebuilt from its manifest and state_dict, in eval(), its logits divided by
+    the manifest's temperature (the served probabilities are calibrated): no serving code."""
     folder = MODELS_DIR / name
     manifest = read_manifest(folder)
     arch = manifest.architecture
@@ -101,7 +102,8 @@ def plain_pytorch(name: str, inputs: np.ndarray) -> np.ndarray:
     model.load_state_dict(load_file(str(folder / manifest.weights.file)), strict=True)
     model.eval()
     with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(inputs)), 1).numpy()
+        logits = model(torch.from_numpy(inputs)) / manifest.calibration.temperature
+        return torch.softmax(logits, 1).numpy()
 
 
 def model_inputs(name: str, split: Any, n: int) -> np.ndarray:
