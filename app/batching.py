@@ -149,6 +149,11 @@ class BatchEngine:
         self._queue.put(job)
         return await future
 
+    def refuse_if_full(self) -> None:
+        """Raise :class:`Overloaded` if even a one-image request would not be admitted now:
+        routes call it before reading a request's body, so a full queue costs no upload."""
+        self.admission.check(1)
+
     def _expire(self, job: _Job) -> None:
         """On the event loop, at the job's deadline: answer it if it is still queued."""
         if job.claim():

@@ -134,8 +134,7 @@ async def predict(
 ) -> Response:
     """Classify one or more uploaded images: one prediction per file, in upload order."""
     serving = registry.get(query.model)
-    # A full queue refuses even the smallest request before its body is read.
-    serving.engine.admission.check(1)
+    serving.engine.refuse_if_full()
     uploads = await read_uploads(
         request.headers.get("content-type", ""), request.stream(), registry.settings.max_files
     )

@@ -150,6 +150,7 @@ async def infer_version(
 
 
 async def _infer(request: Request, serving: ServingModel, settings: Settings) -> Response:
+    serving.engine.refuse_if_full()
     body = await read_body(request.stream())
     encoding = request.headers.get("content-encoding", "")
     if encoding.strip().lower() not in ("", "identity"):

@@ -1,23 +1,28 @@
 """Admission control (app/admission.py) on the batch engine with fake stages: the queue bound,
 the large request that is never starved, the timeout, Retry-After, and the request context
-the worker runs a job in."""
+the worker runs a job in; and the routes' refusal of a full queue before a body is read."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from app import context
 from app.admission import Admission
 from app.batching import BatchEngine, Output
+from app.config import Settings
 from app.errors import Overloaded, QueueTimeout
+from app.main import create_app
 from tests.app.test_batching import FakeStages, ids, images
+from tests.helpers import MODELS_DIR
 
 
 class Blocking(FakeStages):
@@ -272,3 +277,33 @@ def test_the_automatic_bound_is_a_second_of_work_at_the_measured_rate() -> None:
         admission.ran(10, 1.0)
     assert admission.limit() == 64
     assert Admission("m", max_images=0).limit() == 0  # 0: unbounded, whatever the rate
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist-lenet5/infer"])
+def test_routes_refuse_a_full_queue_without_reading_the_body(path: str) -> None:
+    """/predict and V2 alike: with the queue full, the 503 comes before any of the upload
+    is read, in the route's error shape, with Retry-After."""
+    settings = Settings(
+        models_dir=MODELS_DIR, models=["mnist-lenet5"], device="cpu", torch_threads=1,
+        max_queue_images=4,
+    )  # fmt: skip
+    read: list[bytes] = []
+
+    def body() -> Iterator[bytes]:
+        for chunk in (b"--b\r\n", b"never looked at"):
+            read.append(chunk)
+            yield chunk
+
+    with TestClient(create_app(settings)) as client:
+        admission = client.app.state.registry.get("mnist-lenet5").engine.admission  # type: ignore[attr-defined]
+        admission.reserve(4)  # four images waiting: the bound is reached
+        try:
+            headers = {"content-type": "multipart/form-data; boundary=b"}
+            refused = client.post(path, content=body(), headers=headers)
+        finally:
+            admission.release(4, 0.0)
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        key = "error" if path.startswith("/v2/") else "detail"
+        assert "queue" in refused.json()[key]
+        assert read == []
