@@ -55,7 +55,8 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["out_dir"], d["data_dir"] = str(self.out_dir), None  # paths of this machine: not metadata
+        # Paths of the machine that trained it are not metadata of the model.
+        del d["out_dir"], d["data_dir"]
         return d
 
 

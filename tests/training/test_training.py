@@ -48,6 +48,8 @@ def test_export_writes_a_complete_model_folder(tiny) -> None:
     assert manifest.metrics.test_samples == 256
     assert manifest.versions["torch"] == torch.__version__
     assert manifest.training["lr"] == 3e-3
+    # The manifest travels with the model: no paths of the machine that trained it.
+    assert not {"out_dir", "data_dir"} & set(manifest.training)
     # The mean/std were measured on the training images, not typed in.
     assert 0.05 < manifest.input.mean[0] < 0.25
     # A few hundred images and one epoch already learn something.
