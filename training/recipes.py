@@ -21,9 +21,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         augment="fashion", val_size=5000, ema_decay=0.999,
     ),
     "fashion-cnn": dict(
-        dataset="fashion-mnist", arch="fashion_cnn", arch_config={"channels": [16, 32, 64]},
-        epochs=24, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
-        schedule="onecycle", augment="fashion-flip", val_size=5000, ema_decay=0.999,
+        dataset="fashion-mnist", arch="fashion_cnn", arch_config={"channels": [16, 32, 96]},
+        epochs=45, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+        schedule="onecycle", augment="fashion-crop", val_size=5000, ema_decay=0.999,
     ),
 }  # fmt: skip
 

@@ -39,7 +39,7 @@ def test_fashion_cnn_is_small_and_uses_batch_norm() -> None:
     assert sum(p.numel() for p in model.parameters()) < EXPECTED_PARAMS["mlp"]
 
 
-@pytest.mark.parametrize("channels", [[16, 32], [16, 32, 64]])
+@pytest.mark.parametrize("channels", [[16, 32], [16, 32, 96]])
 def test_fashion_cnn_has_one_conv_stage_per_entry_of_channels(channels: list[int]) -> None:
     model = build_model("fashion_cnn", {"channels": channels}).eval()
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
