@@ -22,7 +22,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     "fashion-cnn": dict(
         dataset="fashion-mnist", arch="fashion_cnn", arch_config={"channels": [16, 32, 96]},
-        epochs=45, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+        epochs=60, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
         schedule="onecycle", augment="fashion-crop", val_size=5000, ema_decay=0.999,
     ),
 }  # fmt: skip
@@ -32,7 +32,7 @@ TARGETS: dict[str, float] = {
     "mnist-lenet5": 0.990,
     "mnist-lenet3x3": 0.988,
     "fashion-mlp": 0.900,
-    "fashion-cnn": 0.935,
+    "fashion-cnn": 0.940,
 }
 
 # The most top-1 expected calibration error (15 bins) a shipped model may have on its full
