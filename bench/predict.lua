@@ -7,15 +7,8 @@
 -- client spends its time on the network, not in Lua. done() prints one JSON line that
 -- bench/run.py reads.
 
-local requests = {}
-local index = 0
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local data = f:read("*a")
-  f:close()
-  return data
-end
+-- wrk loads this script by the path it was given; its neighbour is found the same way.
+dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "wrk_common.lua")
 
 function init(args)
   local list, per_request = args[1], tonumber(args[2] or "1")
@@ -40,19 +33,3 @@ function init(args)
   end
 end
 
-function request()
-  index = index % #requests + 1
-  return requests[index]
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, '
-      .. '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d, '
-      .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}\n',
-    summary.requests, summary.duration, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    latency.mean))
-end
