@@ -10,6 +10,7 @@ The model routes take the API key when one is set; server metadata stays open li
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -123,25 +124,22 @@ async def model_version_ready(model: str, version: str, registry: RegistryDep) -
     return _ready(registry, model, version)
 
 
-@router.post(
-    "/v2/models/{model}/infer",
+# Both infer paths, with and without a version, are declared alike.
+_INFER_ROUTE: dict[str, Any] = dict(
     response_model=rest.InferResponseBody,
     responses=_ERRORS,
     openapi_extra=_BODY_DOC,
     dependencies=[ApiKeyDep],
 )
+
+
+@router.post("/v2/models/{model}/infer", **_INFER_ROUTE)
 async def infer(request: Request, model: str, registry: RegistryDep) -> Response:
     """Run the model on one ``image`` (encoded files) or ``input`` (model inputs) tensor."""
     return await _infer(request, _model(registry, model, None), registry.settings)
 
 
-@router.post(
-    "/v2/models/{model}/versions/{version}/infer",
-    response_model=rest.InferResponseBody,
-    responses=_ERRORS,
-    openapi_extra=_BODY_DOC,
-    dependencies=[ApiKeyDep],
-)
+@router.post("/v2/models/{model}/versions/{version}/infer", **_INFER_ROUTE)
 async def infer_version(
     request: Request, model: str, version: str, registry: RegistryDep
 ) -> Response:
