@@ -60,6 +60,17 @@ class Recorder:
         self.refused.set()
 
 
+class Tracked:
+    """A one-image job's prepare() that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> list[np.ndarray]:
+        self.calls += 1
+        return images(1)()
+
+
 async def busy(engine: BatchEngine, stages: Blocking, size: int) -> asyncio.Future[Any]:
     """Start the engine and one job of ``size`` images that holds the worker in its
     forward pass until ``stages.gate`` opens: what is submitted next waits in the queue."""
@@ -159,11 +170,7 @@ def test_unbounded_with_zero() -> None:
 def test_a_job_still_queued_at_its_timeout_is_answered_503_without_its_work() -> None:
     stages, seen = Blocking(), Recorder()
     engine = BatchEngine(stages, max_batch_size=8, timeout_s=0.05, observer=seen)
-    prepared: list[int] = []
-
-    def tracked() -> list[np.ndarray]:
-        prepared.append(1)
-        return images(1)()
+    tracked = Tracked()
 
     async def scenario() -> Any:
         first = await busy(engine, stages, 1)
@@ -179,7 +186,7 @@ def test_a_job_still_queued_at_its_timeout_is_answered_503_without_its_work() ->
         assert asyncio.run(scenario()) == [100]
     finally:
         engine.stop()
-    assert prepared == []
+    assert tracked.calls == 0  # a refused job is never prepared
     assert seen.rejections == ["timeout"]
     assert stages.batches == [[100]]
 
@@ -187,11 +194,7 @@ def test_a_job_still_queued_at_its_timeout_is_answered_503_without_its_work() ->
 def test_the_worker_refuses_an_expired_job_when_the_event_loop_was_late() -> None:
     stages, seen = Blocking(), Recorder()
     engine = BatchEngine(stages, max_batch_size=8, timeout_s=0.05, observer=seen)
-    prepared: list[int] = []
-
-    def tracked() -> list[np.ndarray]:
-        prepared.append(1)
-        return images(1)()
+    tracked = Tracked()
 
     async def scenario() -> Any:
         first = await busy(engine, stages, 1)
@@ -210,7 +213,7 @@ def test_the_worker_refuses_an_expired_job_when_the_event_loop_was_late() -> Non
         assert asyncio.run(scenario()) == [100]
     finally:
         engine.stop()
-    assert prepared == []
+    assert tracked.calls == 0  # a refused job is never prepared
     assert seen.rejections == ["timeout"]  # once: the late timer finds it answered
     assert seen.rejected_by == ["batch-fake"]
 
